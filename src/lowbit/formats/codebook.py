@@ -1,0 +1,100 @@
+"""Lookup-table formats: a code indexes a fixed list of values (NF4, bitsandbytes' FP4).
+
+Encoding picks the nearest value; an exact tie between two values goes to the one closer to
+zero (ties have probability zero for real weights, but the rule is fixed so encoding is
+deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
+
+import torch
+
+from lowbit.formats.base import Format, Kind, as_float32
+
+
+@dataclass(frozen=True)
+class Codebook(Format):
+    """``2**bits`` values; ``values[c]`` is the value of code ``c``."""
+
+    values: tuple[float, ...] = ()
+
+    kind: ClassVar[Kind] = "codebook"
+
+    def __post_init__(self) -> None:
+        if len(self.values) != 2**self.bits:
+            raise ValueError(f"{self.name}: {len(self.values)} values for {self.bits} bits")
+
+    @cached_property
+    def table(self) -> torch.Tensor:
+        """float32 value of every code, indexed by code."""
+        return torch.tensor(self.values, dtype=torch.float32)
+
+    @cached_property
+    def _sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Distinct values sorted, their codes, and the midpoints between neighbours."""
+        order = torch.argsort(self.table.double(), stable=True)
+        values = self.table[order].double()
+        keep = torch.ones_like(values, dtype=torch.bool)
+        keep[1:] = values[1:] != values[:-1]  # -0 and +0 (bnb FP4): keep the first code
+        values, codes = values[keep], order[keep]
+        mid = ((values[:-1] + values[1:]) / 2).to(torch.float32)
+        return values.to(torch.float32), codes.to(torch.uint8), mid
+
+    def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
+        x = as_float32(x)
+        if torch.isnan(x).any():
+            raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
+        values, codes, mid = self._sorted
+        if not saturate and ((x < values[0]) | (x > values[-1])).any():
+            raise ValueError(f"value outside the {self.name} range [{values[0]}, {values[-1]}]")
+        # searchsorted(right=False) sends a tie at mid[i] to values[i] (the lower one); move
+        # the ties on the negative side up, towards zero
+        idx = torch.searchsorted(mid, x.contiguous())
+        last = idx.clamp(max=mid.numel() - 1)
+        idx = idx + ((x == mid[last]) & (mid[last] < 0)).to(idx.dtype)
+        return codes[idx]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table[codes.long()]
+
+
+# NF4 as bitsandbytes and QLoRA ship it (the float32 constants of bitsandbytes' kernels).
+# They are the quantiles that ``normal_float_levels`` derives, rounded by the original
+# float32/scipy computation; the derivation agrees to 2e-7 (tests/formats/test_codebook.py).
+NF4_LEVELS: tuple[float, ...] = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+
+
+def normal_float_levels(bits: int = 4, offset: float = 0.9677083) -> tuple[float, ...]:
+    """QLoRA's NormalFloat levels: quantiles of N(0, 1) scaled to [-1, 1], with an exact zero.
+
+    2**(bits-1) positive levels and 2**(bits-1) - 1 negative ones, from the normal quantiles at
+    evenly spaced probabilities between ``offset`` and 1/2 (Dettmers et al. 2023, appendix E).
+    """
+    n_pos, n_neg = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    quantile = torch.special.ndtri
+    pos = quantile(torch.linspace(offset, 0.5, n_pos + 1, dtype=torch.float64)[:-1])
+    neg = -quantile(torch.linspace(offset, 0.5, n_neg + 1, dtype=torch.float64)[:-1])
+    values = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
+    values = values / values.abs().max()
+    return tuple(float(v) for v in values.to(torch.float32))
+
+
+def bnb_fp4_values() -> tuple[float, ...]:
+    """bitsandbytes' FP4: E2M1 magnitudes {0, 1/16, 2, 3, 4, 6, 8, 12} / 12 in its own code order.
+
+    bitsandbytes lays the 3 magnitude bits out as exponent-then-mantissa with a special
+    subnormal; the top bit is the sign. Code order of the magnitudes (codes 0..7):
+    0, 1/16, 8, 12, 4, 6, 2, 3 (all divided by 12).
+    """
+    magnitudes = (0.0, 1 / 16, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0)
+    positive = tuple(m / 12 for m in magnitudes)
+    return positive + tuple(-m for m in positive)

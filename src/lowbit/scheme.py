@@ -1,0 +1,268 @@
+"""Scheme: a format plus how its scales are chosen, with the short names users type.
+
+Grammar of a name (parts joined by ``-``, in this order)::
+
+    FORMAT [sym|asym] (tensor|channel|gN) [SCALEscale] [dq] [ts] [outK|outP%]
+
+* FORMAT: ``int2``..``int8``, ``nf4``, ``bnb-fp4``, ``fp8-e4m3``, ``fp8-e5m2``, ``fp6-e2m3``,
+  ``fp6-e3m2``, ``fp4-e2m1``.
+* ``sym`` (scale only, the default) or ``asym`` (scale and zero point; integer formats only).
+* granularity: one scale per ``tensor``, per output ``channel`` (row), or per block of ``gN``
+  consecutive weights along the input dimension, 16 <= N <= 256. Default ``tensor``.
+* ``SCALEscale``: the scale's own format, one of ``fp32``, ``fp16``, ``bf16``, ``e8m0``,
+  ``e4m3``. Default fp16 for blocks, fp32 for a tensor or channel.
+* ``dq``: double quantization of the scales (QLoRA): int8 per 256 scales with an fp32 scale.
+* ``ts``: a second-level fp32 scale for the whole tensor (NVFP4).
+* ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights in fp16.
+
+Aliases: ``mxfp8``, ``mxfp6``, ``mxfp4`` (E8M0 scale per 32, OCP MX) and ``nvfp4`` (E4M3 scale
+per 16 plus an fp32 tensor scale). ``str(scheme)`` gives the canonical name back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from lowbit.formats import Format, IntFormat, get_format
+
+Granularity = Literal["tensor", "channel", "block"]
+
+ELEMENT_FORMATS = (
+    "int2", "int3", "int4", "int5", "int6", "int7", "int8",
+    "nf4", "bnb-fp4", "fp8-e4m3", "fp8-e5m2", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1",
+)
+SCALE_FORMATS = ("fp32", "fp16", "bf16", "e8m0", "e4m3")
+MIN_BLOCK, MAX_BLOCK = 16, 256
+DQ_BLOCK = 256  # scales per second-level block under double quantization (QLoRA)
+SCHEME_JSON_VERSION = 1
+
+ALIASES: dict[str, str] = {
+    "mxfp8": "fp8-e4m3-g32-e8m0scale",
+    "mxfp6": "fp6-e2m3-g32-e8m0scale",
+    "mxfp4": "fp4-e2m1-g32-e8m0scale",
+    "nvfp4": "fp4-e2m1-g16-e4m3scale-ts",
+}
+
+_SCALE_FORMAT_NAMES = {"e4m3": "fp8-e4m3"}  # scale token -> registered format name
+
+
+@dataclass(frozen=True)
+class Outliers:
+    """Keep the ``count`` (or ``fraction``) largest-magnitude weights of a tensor in fp16."""
+
+    count: int | None = None
+    fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.count is None) == (self.fraction is None):
+            raise ValueError("outliers: give exactly one of count or fraction")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"outliers: count must be >= 1, got {self.count}")
+        if self.fraction is not None and not 0 < self.fraction < 1:
+            raise ValueError(f"outliers: fraction must be in (0, 1), got {self.fraction}")
+
+    def number(self, numel: int) -> int:
+        """How many weights of a tensor of ``numel`` weights are kept."""
+        if self.count is not None:
+            return min(self.count, numel)
+        return min(numel, max(1, round(self.fraction * numel)))
+
+    def token(self) -> str:
+        if self.count is not None:
+            return f"out{self.count}"
+        return f"out{self.fraction * 100:g}%"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How a 2-D weight (out_features x in_features) is quantized; see the module docstring."""
+
+    format: str
+    granularity: Granularity = "tensor"
+    block_size: int | None = None
+    symmetric: bool = True
+    scale_format: str | None = None  # None: the default for the granularity
+    double_quant: bool = False
+    tensor_scale: bool = False
+    outliers: Outliers | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in ELEMENT_FORMATS:
+            raise ValueError(
+                f"unknown format {self.format!r}; valid formats: {', '.join(ELEMENT_FORMATS)}"
+            )
+        if self.granularity not in ("tensor", "channel", "block"):
+            raise ValueError(
+                f"unknown granularity {self.granularity!r}; use tensor, channel or gN"
+            )
+        if self.granularity == "block":
+            if self.block_size is None or not MIN_BLOCK <= self.block_size <= MAX_BLOCK:
+                raise ValueError(
+                    f"block size must be between {MIN_BLOCK} and {MAX_BLOCK}, "
+                    f"got {self.block_size}"
+                )
+        elif self.block_size is not None:
+            raise ValueError(f"block_size is only for block granularity, not {self.granularity}")
+        if self.scale_format is None:
+            object.__setattr__(
+                self, "scale_format", "fp16" if self.granularity == "block" else "fp32"
+            )
+        if self.scale_format not in SCALE_FORMATS:
+            raise ValueError(
+                f"unknown scale format {self.scale_format!r}; "
+                f"valid scale formats: {', '.join(SCALE_FORMATS)}"
+            )
+        is_int = self.format.startswith("int")
+        if not self.symmetric and not is_int:
+            raise ValueError(f"asymmetric (zero point) needs an integer format, not {self.format}")
+        if not self.symmetric and self.scale_format in ("e8m0", "e4m3"):
+            raise ValueError(
+                f"asymmetric needs a float scale format (fp32, fp16, bf16), not {self.scale_format}"
+            )
+        if self.double_quant and self.scale_format == "e8m0":
+            raise ValueError("double quantization (dq) does not apply to e8m0 scales")
+        if self.double_quant and not self.symmetric:
+            raise ValueError("double quantization (dq) is for symmetric schemes")
+        if self.tensor_scale and self.scale_format not in ("e4m3", "bf16", "fp16"):
+            raise ValueError("a tensor scale (ts) goes with a low-precision scale format (e4m3)")
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def element_format(self) -> Format:
+        """The format of the weight codes: signed ints when symmetric, unsigned when not."""
+        if self.format.startswith("int"):
+            return get_format(self.format if self.symmetric else "u" + self.format)
+        return get_format(self.format)
+
+    @property
+    def scale_fmt(self) -> Format:
+        """The format the scales (and zero points) are stored in."""
+        return get_format(_SCALE_FORMAT_NAMES.get(self.scale_format, self.scale_format))
+
+    @property
+    def bits(self) -> int:
+        """Bits of one weight code."""
+        return self.element_format.bits
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.element_format, IntFormat)
+
+    def group_size(self, in_features: int) -> int:
+        """Weights per scale along a row (the whole row for channel/tensor granularity)."""
+        return self.block_size if self.granularity == "block" else in_features
+
+    # --- names -------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, name: str) -> Scheme:
+        """Parse a short name such as ``int4-asym-g128``; errors say which part is wrong."""
+        if isinstance(name, Scheme):
+            return name
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a scheme name must be a non-empty string, e.g. int4-asym-g128")
+        text = name.strip().lower()
+        text = ALIASES.get(text, text)
+        fmt = next(
+            (f for f in sorted(ELEMENT_FORMATS, key=len, reverse=True)
+             if text == f or text.startswith(f + "-")),
+            None,
+        )
+        if fmt is None:
+            raise ValueError(
+                f"scheme {name!r}: unknown format {text.split('-')[0]!r}; valid formats: "
+                f"{', '.join(ELEMENT_FORMATS)} (or an alias: {', '.join(ALIASES)})"
+            )
+        fields: dict[str, Any] = {"format": fmt}
+        rest = text[len(fmt) + 1:]
+        for token in rest.split("-") if rest else []:
+            cls._parse_token(name, token, fields)
+        try:
+            return cls(**fields)
+        except ValueError as err:
+            raise ValueError(f"scheme {name!r}: {err}") from None
+
+    @staticmethod
+    def _parse_token(name: str, token: str, fields: dict[str, Any]) -> None:
+        def once(key: str, value: Any) -> None:
+            if key in fields:
+                raise ValueError(f"scheme {name!r}: {token!r} repeats the {key} part")
+            fields[key] = value
+
+        if token in ("sym", "asym"):
+            once("symmetric", token == "sym")
+        elif token in ("tensor", "channel"):
+            once("granularity", token)
+        elif m := re.fullmatch(r"g(\d+)", token):
+            once("granularity", "block")
+            fields["block_size"] = int(m.group(1))
+        elif token.endswith("scale") and token[: -len("scale")] in SCALE_FORMATS:
+            once("scale_format", token[: -len("scale")])
+        elif token == "dq":
+            once("double_quant", True)
+        elif token == "ts":
+            once("tensor_scale", True)
+        elif m := re.fullmatch(r"out(\d+)", token):
+            once("outliers", Outliers(count=int(m.group(1))))
+        elif m := re.fullmatch(r"out(\d+(?:\.\d+)?)%", token):
+            once("outliers", Outliers(fraction=float(m.group(1)) / 100))
+        else:
+            raise ValueError(
+                f"scheme {name!r}: unknown part {token!r}; valid parts: sym, asym, tensor, "
+                f"channel, gN (N in {MIN_BLOCK}..{MAX_BLOCK}), "
+                f"{', '.join(s + 'scale' for s in SCALE_FORMATS)}, dq, ts, outK, outP%"
+            )
+
+    def canonical(self) -> str:
+        """The full name with every part spelled out (no alias)."""
+        parts = [self.format]
+        if self.is_int:
+            parts.append("sym" if self.symmetric else "asym")
+        parts.append(f"g{self.block_size}" if self.granularity == "block" else self.granularity)
+        default_scale = "fp16" if self.granularity == "block" else "fp32"
+        if self.scale_format != default_scale:
+            parts.append(f"{self.scale_format}scale")
+        if self.double_quant:
+            parts.append("dq")
+        if self.tensor_scale:
+            parts.append("ts")
+        if self.outliers is not None:
+            parts.append(self.outliers.token())
+        return "-".join(parts)
+
+    def __str__(self) -> str:
+        name = self.canonical()
+        for alias, target in ALIASES.items():
+            if target == name:
+                return alias
+        return name
+
+    # --- JSON ----------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """A versioned JSON-able dict (the name plus every field, for readers without lowbit)."""
+        d = asdict(self)
+        d["outliers"] = asdict(self.outliers) if self.outliers else None
+        return {"version": SCHEME_JSON_VERSION, "name": str(self), **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Scheme:
+        """Inverse of :meth:`to_json`; rejects unknown versions."""
+        version = d.get("version")
+        if version != SCHEME_JSON_VERSION:
+            raise ValueError(
+                f"scheme JSON version {version!r} is not supported (this lowbit reads "
+                f"version {SCHEME_JSON_VERSION})"
+            )
+        fields = {k: v for k, v in d.items() if k not in ("version", "name")}
+        if fields.get("outliers"):
+            fields["outliers"] = Outliers(**fields["outliers"])
+        return cls(**fields)
+
+    def with_(self, **changes: Any) -> Scheme:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)

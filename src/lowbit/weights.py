@@ -1,0 +1,55 @@
+"""Checks on the weights handed to a quantizer, and the grouping of a weight into scale groups."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.scheme import Scheme
+
+
+def check_weight(w: torch.Tensor, name: str = "weight") -> torch.Tensor:
+    """Return ``w`` as float32 after checking it is a non-empty, finite, 2-D float tensor."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point weight, got dtype {w.dtype}")
+    if w.dim() != 2:
+        raise ValueError(
+            f"{name}: expected a 2-D weight (out_features x in_features), got shape "
+            f"{tuple(w.shape)}"
+        )
+    if w.numel() == 0:
+        raise ValueError(f"{name}: the weight is empty (shape {tuple(w.shape)})")
+    w = w.detach().to(torch.float32)
+    bad = ~torch.isfinite(w)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name}: non-finite value {float(w[row, col])} at index [{row}, {col}]")
+    return w
+
+
+def to_groups(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """View ``w`` (out, in) as (R, G, L): R rows of G groups of L weights sharing a scale.
+
+    Per tensor: (1, 1, out*in). Per channel: (out, 1, in). Per block of n: (out, ceil(in/n), n);
+    when ``in`` is not a multiple of n the last block of each row is short, and is padded by
+    repeating its last weight, which changes neither its absmax nor its min/max, so its scale is
+    the one its real weights call for. The padding is dropped again after rounding.
+    """
+    out_f, in_f = w.shape
+    if scheme.granularity == "tensor":
+        return w.reshape(1, 1, -1)
+    if scheme.granularity == "channel":
+        return w.reshape(out_f, 1, in_f)
+    n = scheme.block_size
+    pad = (-in_f) % n
+    if pad:
+        w = torch.cat([w, w[:, -1:].expand(out_f, pad)], dim=1)
+    return w.reshape(out_f, -1, n)
+
+
+def from_groups(g: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`to_groups` (dropping block padding)."""
+    out_f, in_f = shape
+    return g.reshape(g.shape[0], -1)[:, :in_f].reshape(out_f, in_f) if g.shape[0] > 1 else \
+        g.reshape(-1)[: out_f * in_f].reshape(out_f, in_f)
