@@ -34,28 +34,39 @@ class Codebook(Format):
         return torch.tensor(self.values, dtype=torch.float32)
 
     @cached_property
-    def _sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Distinct values sorted, their codes, and the midpoints between neighbours."""
+    def _sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Distinct values sorted, their codes, float32 thresholds between neighbours and
+        whether each threshold is the exact midpoint (a tie) or just below it.
+
+        The midpoint of two float32 values may need one bit more than float32 has; the
+        threshold is then the largest float32 below it, so ``x > threshold`` still means "nearer
+        the upper value" for every float32 ``x``.
+        """
         order = torch.argsort(self.table.double(), stable=True)
         values = self.table[order].double()
         keep = torch.ones_like(values, dtype=torch.bool)
         keep[1:] = values[1:] != values[:-1]  # -0 and +0 (bnb FP4): keep the first code
         values, codes = values[keep], order[keep]
-        mid = ((values[:-1] + values[1:]) / 2).to(torch.float32)
-        return values.to(torch.float32), codes.to(torch.uint8), mid
+        mid = (values[:-1] + values[1:]) / 2  # exact in float64
+        below = mid.to(torch.float32)
+        below = torch.where(below.double() > mid, torch.nextafter(below, below.new_tensor(
+            -float("inf"))), below)
+        exact = below.double() == mid
+        return values.to(torch.float32), codes.to(torch.uint8), below, exact
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
         x = as_float32(x)
         if torch.isnan(x).any():
             raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
-        values, codes, mid = self._sorted
+        values, codes, threshold, exact = self._sorted
         if not saturate and ((x < values[0]) | (x > values[-1])).any():
             raise ValueError(f"value outside the {self.name} range [{values[0]}, {values[-1]}]")
-        # searchsorted(right=False) sends a tie at mid[i] to values[i] (the lower one); move
-        # the ties on the negative side up, towards zero
-        idx = torch.searchsorted(mid, x.contiguous())
-        last = idx.clamp(max=mid.numel() - 1)
-        idx = idx + ((x == mid[last]) & (mid[last] < 0)).to(idx.dtype)
+        # searchsorted(right=False) sends x == threshold[i] to values[i] (the lower one): right
+        # unless it is an exact tie on the negative side, which goes up, towards zero
+        idx = torch.searchsorted(threshold, x.contiguous())
+        last = idx.clamp(max=threshold.numel() - 1)
+        tie_up = (x == threshold[last]) & exact[last] & (threshold[last] < 0)
+        idx = idx + tie_up.to(idx.dtype)
         return codes[idx]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
