@@ -42,8 +42,7 @@ class Format(ABC):
     @cached_property
     def finite_values(self) -> torch.Tensor:
         """Every distinct finite value (``-0`` and ``+0`` counted once), sorted, float64."""
-        codes = torch.arange(2**self.bits, dtype=torch.int64).to(torch.uint8)
-        values = self.decode(codes).double()
+        values = self.decode(self.all_codes()).double()
         values = values[torch.isfinite(values)] + 0.0  # + 0.0 turns -0 into +0
         return torch.unique(values)
 
