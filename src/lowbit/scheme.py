@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from typing import Any, Literal
 
 from lowbit.formats import Format, IntFormat, get_format
@@ -71,9 +72,22 @@ class Outliers:
         return min(numel, max(1, round(self.fraction * numel)))
 
     def token(self) -> str:
+        """``outK``, or ``outP%`` with P in plain decimals taken from the fraction's shortest
+        repr, so that parsing the token gives back exactly the same fraction."""
         if self.count is not None:
             return f"out{self.count}"
-        return f"out{self.fraction * 100:g}%"
+        percent = f"{Decimal(repr(self.fraction)).scaleb(2):f}"
+        if "." in percent:
+            percent = percent.rstrip("0").rstrip(".")
+        return f"out{percent}%"
+
+
+def _outliers(name: str, **kwargs: Any) -> Outliers:
+    """Outliers from a parsed part; a bad value's error names the scheme."""
+    try:
+        return Outliers(**kwargs)
+    except ValueError as err:
+        raise ValueError(f"scheme {name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,12 @@ class Scheme:
              if text == f or text.startswith(f + "-")),
             None,
         )
+        head = text.split("-")[0]
+        if fmt is None and head in ALIASES:
+            raise ValueError(
+                f"scheme {name!r}: the alias {head!r} is a whole name and takes no further "
+                f"parts; spell it out instead: {ALIASES[head]}-..."
+            )
         if fmt is None:
             raise ValueError(
                 f"scheme {name!r}: unknown format {text.split('-')[0]!r}; valid formats: "
@@ -205,9 +225,9 @@ class Scheme:
         elif token == "ts":
             once("tensor_scale", True)
         elif m := re.fullmatch(r"out(\d+)", token):
-            once("outliers", Outliers(count=int(m.group(1))))
+            once("outliers", _outliers(name, count=int(m.group(1))))
         elif m := re.fullmatch(r"out(\d+(?:\.\d+)?)%", token):
-            once("outliers", Outliers(fraction=float(m.group(1)) / 100))
+            once("outliers", _outliers(name, fraction=float(Decimal(m.group(1)).scaleb(-2))))
         else:
             raise ValueError(
                 f"scheme {name!r}: unknown part {token!r}; valid parts: sym, asym, tensor, "
