@@ -5,8 +5,9 @@ Encoding rounds to nearest, ties to even, exactly as the OCP 8-bit and MX specif
 
 * ``saturate=True`` (default): values beyond the largest finite value and infinities become
   +-max; NaN becomes the format's NaN, and is an error for formats that have none.
-* ``saturate=False``: what a plain cast does (torch / ml_dtypes): overflow gives Inf where the
-  format has it, else NaN where it has it, else +-max (fp6/fp4 have neither).
+* ``saturate=False``: what a plain ml_dtypes cast does: overflow gives Inf where the format has
+  it, else NaN where it has it, else +-max (fp6/fp4 have neither). torch's casts agree except
+  that torch (2.13, CPU) saturates overflow and Inf to +-448 for float8_e4m3fn.
 """
 
 from __future__ import annotations
@@ -79,17 +80,9 @@ class MiniFloat(Format):
         """Positive finite magnitudes in order, the midpoints between neighbours (the last one
         towards the first value past max), whether a tie at each midpoint rounds up, and the
         code of +max. Consecutive magnitudes have consecutive codes."""
-        n_mag = 2 ** (self.bits - int(self.signed))
-        mags = self.table[:n_mag].double()
-        finite = torch.isfinite(mags)
-        max_code = int(finite.nonzero().max())
-        mags = mags[: max_code + 1]
-        # the value one step past max on the unbounded grid: next mantissa, or next binade
-        e, m = max_code >> self.man_bits, max_code & (2**self.man_bits - 1)
-        past_max = self._magnitude(e, m + 1) if m + 1 < 2**self.man_bits else self._magnitude(
-            e + 1, 0
-        )
-        ext = torch.cat([mags, torch.tensor([past_max], dtype=torch.float64)])
+        max_code = self._max_code
+        mags = self.table[: max_code + 1].double()
+        ext = torch.cat([mags, torch.tensor([self._past_max], dtype=torch.float64)])
         mid = (ext[:-1] + ext[1:]) / 2
         # ties to even: with mantissa bits, the even code has an even mantissa; with none (E8M0)
         # the upper neighbour has the even significand (1.0 * 2^e vs 10.0 * 2^e), so round up.
@@ -123,9 +116,18 @@ class MiniFloat(Format):
         return idx.clamp(max=max_code), idx > max_code
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
+        return self._encode(x, saturate, fast=True)
+
+    def encode_reference(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
+        """The plain implementation (nearest grid value by search); ``encode`` must equal it."""
+        return self._encode(x, saturate, fast=False)
+
+    def _encode(self, x: torch.Tensor, saturate: bool, fast: bool) -> torch.Tensor:
         x = as_float32(x)
         max_code = self._grid[3]
-        codes, overflow = self._round_magnitude(x.abs())  # overflow includes +-Inf
+        a = x.abs()
+        round_magnitude = self._round_magnitude_fast if fast else self._round_magnitude
+        codes, overflow = round_magnitude(a)  # overflow includes +-Inf
         if not saturate and overflow.any():
             if self.has_inf:
                 codes = torch.where(overflow, max_code + 1, codes)  # the Inf code follows max
@@ -137,11 +139,45 @@ class MiniFloat(Format):
                 raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
             codes = torch.where(nan, self._nan_code(), codes)
         if self.signed:
-            sign = torch.signbit(x).to(codes.dtype) << (self.bits - 1)
-            codes = codes | sign
+            codes = codes | (torch.signbit(x).to(codes.dtype) << (self.bits - 1))
         elif (x < 0).any():
             raise ValueError(f"{self.name} is unsigned: cannot encode negative values")
         return codes.to(torch.uint8)
+
+    def _round_magnitude_fast(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same result as :meth:`_round_magnitude`, by float32 bit arithmetic.
+
+        With ``e`` the exponent of ``a`` (at least the smallest normal exponent ``emin``),
+        ``r = round_half_even(a / 2**(e - M))`` is exact, and the code is
+        ``(e - emin) * 2**M + r``: within a binade ``r`` runs over ``2**M .. 2**(M+1)``, and in
+        the subnormal range over ``0 .. 2**M``, so carries into the next binade fall out.
+        """
+        if not self.subnormals:
+            return self._round_magnitude(a)
+        _, _, mags, max_code = self._grid
+        emin = 1 - self.bias
+        a = a.clamp(max=self._past_max)  # Inf -> one step past max: overflows like it
+        e = ((a.view(torch.int32) >> 23) - 127).clamp_(min=emin)  # floor(log2 a) for normals
+        step = ((127 + self.man_bits - e) << 23).view(torch.float32)  # 2**(M - e), exact
+        r = torch.round(a * step)
+        codes = ((e - emin) << self.man_bits) + r.to(torch.int32)
+        overflow = codes > max_code
+        return codes.clamp_(max=max_code), overflow
+
+    @cached_property
+    def _max_code(self) -> int:
+        """Code of the largest finite positive value."""
+        n_mag = 2 ** (self.bits - int(self.signed))
+        return int(torch.isfinite(self.table[:n_mag]).nonzero().max())
+
+    @cached_property
+    def _past_max(self) -> float:
+        """The value one step past max on the unbounded grid (next mantissa or next binade)."""
+        max_code = self._max_code
+        e, m = max_code >> self.man_bits, max_code & (2**self.man_bits - 1)
+        if m + 1 < 2**self.man_bits:
+            return self._magnitude(e, m + 1)
+        return self._magnitude(e + 1, 0)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.table[codes.long()]
