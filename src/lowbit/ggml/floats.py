@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .numerics import to_f16
+
 
 def quantize_float(x: np.ndarray, qtype: str) -> np.ndarray:
     """float32 array -> uint8 bytes (..., n * itemsize) of `qtype` in {F32, F16, BF16}."""
@@ -11,7 +13,7 @@ def quantize_float(x: np.ndarray, qtype: str) -> np.ndarray:
     if qtype == "F32":
         out = x
     elif qtype == "F16":
-        out = x.astype(np.float16)  # round to nearest even, as GGML_FP32_TO_FP16
+        out = to_f16(x)  # round to nearest even, as GGML_FP32_TO_FP16
     elif qtype == "BF16":
         out = _fp32_to_bf16_bits(x)
     else:

@@ -105,9 +105,10 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     the_min >= 0 the negated offset as ggml stores it.
     """
     w = weights
-    vmin = x.min(axis=0)
+    # first minimum / maximum in element order, as C's scan from x[0] with strict < / >
+    vmin = np.take_along_axis(x, x.argmin(axis=0)[None, :], axis=0)[0]
     vmin = np.where(vmin > 0, f32(0), vmin)  # C: if (min > 0) min = 0;
-    vmax = x.max(axis=0)
+    vmax = np.take_along_axis(x, x.argmax(axis=0)[None, :], axis=0)[0]
     sum_w = seqsum_from_first(w)
     sum_x = seqsum_from_first(w * x)  # C: sum_x = w[0]*x[0], then += w[i]*x[i]
     live = vmax != vmin

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .layout import QK_LEGACY, get_layout, join_blocks, split_blocks
-from .numerics import f32, round_half_away, safe_div, to_f16
+from .numerics import c_float_to_int8, f32, round_half_away, safe_div, to_f16
 
 LEGACY_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
@@ -45,8 +45,10 @@ def _pack_codes(qtype: str, stored: np.ndarray) -> dict[str, np.ndarray]:
         return {"qs": stored.astype(np.int16).astype(np.int8)}
     s = stored.astype(np.uint8)
     half = QK_LEGACY // 2
-    # byte j: element j in the low nibble, element j + 16 in the high nibble
-    fields = {"qs": (s[:, :half] & 0x0F) | ((s[:, half:] & 0x0F) << 4)}
+    # byte j: element j in the low nibble, element j + 16 in the high nibble. Q4 ORs the
+    # low code unmasked, as C does (only matters for the garbage codes of degenerate blocks)
+    low = s[:, :half] if qtype in ("Q4_0", "Q4_1") else s[:, :half] & 0x0F
+    fields = {"qs": low | ((s[:, half:] & 0x0F) << 4)}
     if qtype in ("Q5_0", "Q5_1"):
         # bit j of the little-endian uint32 qh is bit 4 of element j
         fields["qh"] = np.packbits((s >> 4) & 1, axis=-1, bitorder="little")
@@ -79,34 +81,47 @@ def _blocks_from_parts(qtype: str, d16: np.ndarray, m16: np.ndarray | None,
 
 def quantize_legacy(blocks: np.ndarray, qtype: str) -> np.ndarray:
     """float32 (nb, 32) -> uint8 (nb, type_size), byte-identical to `quantize_row_*_ref`."""
-    x = blocks.astype(np.float32, copy=False)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _quantize_legacy(blocks.astype(np.float32, copy=False), qtype)
+
+
+def _quantize_legacy(x: np.ndarray, qtype: str) -> np.ndarray:
     m16 = None
     if qtype in ("Q8_0", "Q4_0", "Q5_0"):
         if qtype == "Q8_0":
             amax = np.abs(x).max(axis=1)
             d = amax / f32(127)
         else:
-            # the signed value of largest magnitude (first one on ties), d = max / -8 or -16
+            # the signed value of largest magnitude (first one on ties); C starts from
+            # max = +0.0, so an all-zero block (even of -0.0s) gets d = +0.0 / -8 = -0.0
             imax = np.abs(x).argmax(axis=1)
             vmax = np.take_along_axis(x, imax[:, None], axis=1)[:, 0]
+            vmax = np.where(np.abs(vmax) > 0, vmax, f32(0.0))
             d = vmax / f32(-8 if qtype == "Q4_0" else -16)
         inv = safe_div(f32(1), d, d != 0)
         scaled = x * inv[:, None]
         if qtype == "Q8_0":
-            stored = round_half_away(scaled)
+            stored = c_float_to_int8(round_half_away(scaled))
         else:
             nmax = 15 if qtype == "Q4_0" else 31
             bias = f32(8.5 if qtype == "Q4_0" else 16.5)
-            stored = np.minimum(nmax, np.trunc(scaled + bias))
+            stored = np.minimum(nmax, c_float_to_int8(scaled + bias))
     else:
-        vmin = x.min(axis=1)
-        vmax = x.max(axis=1)
+        # first minimum / maximum in element order, as C's strict `<` / `>` scan picks it
+        # (this decides the sign of a zero min, which numpy's min/max leave unspecified)
+        vmin = np.take_along_axis(x, x.argmin(axis=1)[:, None], axis=1)[:, 0]
+        vmax = np.take_along_axis(x, x.argmax(axis=1)[:, None], axis=1)[:, 0]
         nmax = 15 if qtype == "Q4_1" else 31
         d = (vmax - vmin) / f32(nmax)
         inv = safe_div(f32(1), d, d != 0)
-        stored = np.minimum(nmax, np.trunc((x - vmin[:, None]) * inv[:, None] + f32(0.5)))
+        stored = (x - vmin[:, None]) * inv[:, None] + f32(0.5)
+        if qtype == "Q4_1":
+            stored = np.minimum(nmax, c_float_to_int8(stored))
+        else:  # C has no MIN(31, .) here and converts to uint8_t
+            stored = c_float_to_int8(stored).view(np.uint8)
         m16 = to_f16(vmin)
-    return _blocks_from_parts(qtype, to_f16(d), m16, stored.astype(np.int16))
+    # C stores MIN(nmax, (int8_t)v) in a uint8_t: keep the low byte
+    return _blocks_from_parts(qtype, to_f16(d), m16, stored.astype(np.int16) & 0xFF)
 
 
 def unpack_legacy(blocks: np.ndarray, qtype: str) -> LegacyBlocks:

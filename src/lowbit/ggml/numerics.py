@@ -13,18 +13,19 @@ f32 = np.float32
 
 
 def seqsum(a: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 in order, as C's `float s = 0; for (i...) s += a[i];` does.
-
-    `np.add.accumulate` is sequential by definition. Starting from a[0] instead of +0.0 only
-    differs when every term is a zero and the first is -0.0; adding +0.0 maps -0.0 to +0.0
-    and leaves every other value unchanged.
-    """
-    return np.add.accumulate(a, axis=0)[-1] + f32(0.0)
+    """Sum over axis 0 in order, as C's `float s = 0; for (i...) s += a[i];` does."""
+    acc = np.zeros(a.shape[1:], dtype=np.float32)
+    for row in a:
+        acc += row
+    return acc
 
 
 def seqsum_from_first(a: np.ndarray) -> np.ndarray:
     """Sum over axis 0 in order, starting from a[0] (C: `float s = a[0]; for (i=1...)`)."""
-    return np.add.accumulate(a, axis=0)[-1]
+    acc = a[0].astype(np.float32, copy=True)
+    for row in a[1:]:
+        acc += row
+    return acc
 
 
 def nearest_int(v: np.ndarray) -> np.ndarray:
@@ -33,8 +34,22 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     Equals round-half-to-even for |v| <= 4194303; outside that range (which C only asserts
     against in debug builds) it reproduces C's wrapped result instead of saturating.
     """
-    val = np.asarray(v, dtype=np.float32) + f32(12582912.0)
-    return (val.view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+    val = np.add(v, f32(12582912.0), dtype=np.float32)
+    bits = np.atleast_1d(val).view(np.int32)
+    np.bitwise_and(bits, np.int32(0x007FFFFF), out=bits)
+    np.subtract(bits, np.int32(0x00400000), out=bits)
+    return bits.reshape(np.shape(val))
+
+
+def c_float_to_int8(v: np.ndarray) -> np.ndarray:
+    """C's `(int8_t)v` for float v as x86-64 compilers emit it (cvttss2si, then the low byte).
+
+    Truncates toward zero; NaN, inf and values beyond int32 give INT_MIN, whose low byte is 0.
+    Only degenerate blocks (a scale whose reciprocal overflows) reach that case.
+    """
+    ok = np.isfinite(v) & (np.abs(v) < f32(2.0**31))
+    i = np.where(ok, np.trunc(np.where(ok, v, f32(0))), f32(-(2.0**31))).astype(np.int64)
+    return i.astype(np.uint8).view(np.int8)
 
 
 def round_half_away(v: np.ndarray) -> np.ndarray:
@@ -46,7 +61,8 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
 
 def to_f16(v: np.ndarray) -> np.ndarray:
     """GGML_FP32_TO_FP16: IEEE round to nearest even (what F16C's vcvtps2ph with mode 0 does)."""
-    return np.asarray(v, dtype=np.float32).astype(np.float16)
+    with np.errstate(over="ignore"):  # beyond fp16 range becomes inf, as in C
+        return np.asarray(v, dtype=np.float32).astype(np.float16)
 
 
 def f16_roundtrip(v: np.ndarray) -> np.ndarray:

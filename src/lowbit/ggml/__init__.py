@@ -1,0 +1,116 @@
+"""Byte-exact encoders and decoders for ggml's (llama.cpp's) block quantization types.
+
+`quantize(x, "Q4_K")` gives the bytes llama.cpp's reference quantizer writes for the same
+float32 input; `dequantize` reads them back as ggml does. Types are named as in GGUF.
+For the legacy types, `pack_q8_0`, `pack_q4_0`, `pack_q4_1`, `pack_q5_0`, `pack_q5_1`
+write already-chosen codes and fp16 scales without requantizing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .floats import dequantize_float, quantize_float
+from .kquants import K_TYPES, dequantize_kquant, quantize_kquant
+from .layout import LAYOUTS, get_layout
+from .legacy import (
+    LEGACY_TYPES,
+    LegacyBlocks,
+    dequantize_legacy,
+    pack_q4_0,
+    pack_q4_1,
+    pack_q5_0,
+    pack_q5_1,
+    pack_q8_0,
+    quantize_legacy,
+    unpack_legacy,
+)
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+SUPPORTED_TYPES: tuple[str, ...] = FLOAT_TYPES + LEGACY_TYPES + K_TYPES
+
+__all__ = [
+    "SUPPORTED_TYPES",
+    "LegacyBlocks",
+    "block_size",
+    "dequantize",
+    "pack_q4_0",
+    "pack_q4_1",
+    "pack_q5_0",
+    "pack_q5_1",
+    "pack_q8_0",
+    "quantize",
+    "type_size",
+    "unpack_legacy",
+]
+
+assert set(SUPPORTED_TYPES) == set(LAYOUTS)
+
+
+def block_size(qtype: str) -> int:
+    """Elements per block of `qtype` (1 for the float types, 32 legacy, 256 K-quants)."""
+    return get_layout(qtype).block_size
+
+
+def type_size(qtype: str) -> int:
+    """Bytes per block of `qtype`."""
+    return get_layout(qtype).type_size
+
+
+def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
+    """float array (..., n) -> uint8 (..., n // block_size * type_size) in ggml's `qtype`.
+
+    `x` is converted to float32 first (ggml quantizes float32). n must be a multiple of
+    the block size; quantized types need finite input.
+    """
+    layout = get_layout(qtype)
+    name = layout.name
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"quantize to {name}: expected a float array, got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"quantize to {name}: expected an array of rows, got a scalar")
+    n = x.shape[-1]
+    if n % layout.block_size:
+        raise ValueError(
+            f"quantize to {name}: row length {n} is not a multiple of the block size "
+            f"{layout.block_size}"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if name in FLOAT_TYPES:
+        return quantize_float(x, name)
+    if not np.isfinite(x).all():
+        raise ValueError(f"quantize to {name}: input contains NaN or infinity")
+    blocks = x.reshape(-1, layout.block_size)
+    if name in LEGACY_TYPES:
+        out = quantize_legacy(blocks, name)
+    else:
+        out = quantize_kquant(blocks, name)
+    return out.reshape(*x.shape[:-1], n // layout.block_size * layout.type_size)
+
+
+def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
+    """uint8 (..., nbytes) in ggml's `qtype` -> float32 (..., nbytes // type_size * block_size)."""
+    layout = get_layout(qtype)
+    name = layout.name
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise TypeError(f"dequantize {name}: expected uint8 bytes, got dtype {data.dtype}")
+    if data.ndim == 0:
+        raise ValueError(f"dequantize {name}: expected an array of rows, got a scalar")
+    nbytes = data.shape[-1]
+    if nbytes % layout.type_size:
+        raise ValueError(
+            f"dequantize {name}: row length {nbytes} bytes is not a multiple of the type "
+            f"size {layout.type_size}"
+        )
+    data = np.ascontiguousarray(data)
+    n = nbytes // layout.type_size * layout.block_size
+    if name in FLOAT_TYPES:
+        return dequantize_float(data, name)
+    blocks = data.reshape(-1, layout.type_size)
+    if name in LEGACY_TYPES:
+        y = dequantize_legacy(blocks, name)
+    else:
+        y = dequantize_kquant(blocks, name)
+    return y.reshape(*data.shape[:-1], n)
