@@ -7,8 +7,10 @@ import torch
 from lowbit.scheme import Scheme
 
 
-def check_weight(w: torch.Tensor, name: str = "weight") -> torch.Tensor:
-    """Return ``w`` as float32 after checking it is a non-empty, finite, 2-D float tensor."""
+def check_weight(w: torch.Tensor, name: str = "weight", *, finite: bool = True) -> torch.Tensor:
+    """Return ``w`` as float32 after checking it is a non-empty, 2-D float tensor, and finite
+    unless ``finite=False`` (for callers that check cheaper statistics and then call
+    :func:`raise_nonfinite`)."""
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
     if not w.is_floating_point():
@@ -21,11 +23,15 @@ def check_weight(w: torch.Tensor, name: str = "weight") -> torch.Tensor:
     if w.numel() == 0:
         raise ValueError(f"{name}: the weight is empty (shape {tuple(w.shape)})")
     w = w.detach().to(torch.float32)
-    bad = ~torch.isfinite(w)
-    if bad.any():
-        row, col = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name}: non-finite value {float(w[row, col])} at index [{row}, {col}]")
+    if finite and not bool(torch.isfinite(w).all()):
+        raise_nonfinite(w, name)
     return w
+
+
+def raise_nonfinite(w: torch.Tensor, name: str) -> None:
+    """Raise the ValueError for the first NaN/Inf of ``w`` (row-major), naming its index."""
+    row, col = (int(i) for i in (~torch.isfinite(w)).nonzero()[0])
+    raise ValueError(f"{name}: non-finite value {float(w[row, col])} at index [{row}, {col}]")
 
 
 def to_groups(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:

@@ -7,6 +7,7 @@ deterministic).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -55,12 +56,22 @@ class Codebook(Format):
         return values.to(torch.float32), codes.to(torch.uint8), below, exact
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
-        x = as_float32(x)
-        if torch.isnan(x).any():
-            raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
+        x = self._check(x, saturate)
+        values, codes, _, _ = self._sorted
+        cell_below, cell_threshold, cell_tie_up = self._cells
+        lo, hi = float(values[0]), float(values[-1])
+        n_cells = cell_threshold.numel()
+        xc = x.clamp(lo, hi)
+        cell = ((xc - lo) * ((n_cells - 1) / (hi - lo))).to(torch.int32).reshape(-1)
+        t = cell_threshold.index_select(0, cell).view(x.shape)
+        upper = (xc > t) | ((xc == t) & cell_tie_up.index_select(0, cell).view(x.shape))
+        index = cell_below.index_select(0, cell).view(x.shape) + upper
+        return codes.index_select(0, index.reshape(-1)).view(x.shape)
+
+    def encode_reference(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
+        """The plain implementation (search over the thresholds); ``encode`` must equal it."""
+        x = self._check(x, saturate)
         values, codes, threshold, exact = self._sorted
-        if not saturate and ((x < values[0]) | (x > values[-1])).any():
-            raise ValueError(f"value outside the {self.name} range [{values[0]}, {values[-1]}]")
         # searchsorted(right=False) sends x == threshold[i] to values[i] (the lower one): right
         # unless it is an exact tie on the negative side, which goes up, towards zero
         idx = torch.searchsorted(threshold, x.contiguous())
@@ -68,6 +79,37 @@ class Codebook(Format):
         tie_up = (x == threshold[last]) & exact[last] & (threshold[last] < 0)
         idx = idx + tie_up.to(idx.dtype)
         return codes[idx]
+
+    def _check(self, x: torch.Tensor, saturate: bool) -> torch.Tensor:
+        x = as_float32(x)
+        if torch.isnan(x).any():
+            raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
+        values = self._sorted[0]
+        if not saturate and ((x < values[0]) | (x > values[-1])).any():
+            raise ValueError(f"value outside the {self.name} range [{values[0]}, {values[-1]}]")
+        return x
+
+    @cached_property
+    def _cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A uniform grid of cells over [min, max] with at most one threshold each, so that
+        encoding is one comparison: for each cell, the sorted index of the value below its
+        threshold, the threshold (+inf where none), and whether an exact tie there rounds up.
+
+        The cell of ``x`` is a monotone float32 function of ``x``, so ``x`` below a threshold
+        never lands in a later cell than the threshold's and vice versa.
+        """
+        values, _, threshold, exact = self._sorted
+        lo, hi = float(values[0]), float(values[-1])
+        gap = float((threshold[1:] - threshold[:-1]).min())
+        n_cells = 2 ** max(4, math.ceil(math.log2(4 * (hi - lo) / gap)))
+        cell_of = ((threshold - lo) * ((n_cells - 1) / (hi - lo))).to(torch.int64)
+        assert torch.unique(cell_of).numel() == threshold.numel(), "cells too coarse"
+        below = torch.searchsorted(cell_of, torch.arange(n_cells))  # thresholds in earlier cells
+        cell_threshold = torch.full((n_cells,), math.inf)
+        cell_threshold[cell_of] = threshold
+        tie_up = torch.zeros(n_cells, dtype=torch.bool)
+        tie_up[cell_of] = exact & (threshold < 0)
+        return below, cell_threshold, tie_up
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.table[codes.long()]

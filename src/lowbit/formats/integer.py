@@ -41,18 +41,22 @@ class IntFormat(Format):
         x = as_float32(x)
         if torch.isnan(x).any():
             raise ValueError(f"{self.name} cannot encode NaN")
-        q = torch.round(x)
-        if not saturate and ((q < self.qmin) | (q > self.qmax)).any():
+        if not saturate and ((x < self.qmin - 0.5) | (x > self.qmax + 0.5)).any():
             raise ValueError(f"value outside the {self.name} range [{self.qmin}, {self.qmax}]")
-        return q.clamp_(self.qmin, self.qmax)
+        return self.round_finite(x)
+
+    def round_finite(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`round` without the checks, for callers that know ``x`` is finite float32."""
+        return torch.round(x).clamp_(self.qmin, self.qmax)
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
         return self.to_codes(self.round(x, saturate=saturate))
 
     def to_codes(self, q: torch.Tensor) -> torch.Tensor:
         """Bit patterns of integer values ``q`` (already in range)."""
-        mask = 2**self.bits - 1
-        return (q.to(torch.int16) & mask).to(torch.uint8)
+        if self.signed:  # int8 -> uint8 keeps the two's complement bits; mask to the width
+            return q.to(torch.int8).view(torch.uint8) & (2**self.bits - 1)
+        return q.to(torch.uint8)
 
     def decode_int(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer values (int16) of ``codes``, sign-extended for signed formats."""

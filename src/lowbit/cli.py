@@ -1,0 +1,89 @@
+"""The ``lowbit`` command: parses options, calls the library, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from lowbit.formats.describe import describe_all
+    from lowbit.report.table import render_table
+
+    rows = describe_all()
+    print(render_table(list(rows[0]), [list(r.values()) for r in rows], markdown=args.markdown))
+    return 0
+
+
+def _cmd_schemes(args: argparse.Namespace) -> int:
+    import torch
+
+    from lowbit import quantize_tensor
+    from lowbit.report.table import render_table
+    from lowbit.scheme import Scheme
+
+    rows = []
+    w = torch.zeros(256, 4096)  # bits per weight depend only on the shape
+    for name in args.names:
+        s = Scheme.parse(name)
+        qt = quantize_tensor(w, s)
+        rows.append([str(s), s.canonical(), s.element_format.name, s.granularity,
+                     s.block_size or "", s.scale_format, round(qt.bits_per_weight, 4)])
+    headers = ["scheme", "canonical", "element", "granularity", "block", "scale",
+               "bits/weight (256x4096)"]
+    print(render_table(headers, rows, markdown=args.markdown))
+    return 0
+
+
+COMMON_SCHEMES = [
+    "int8-sym-channel", "int8-sym-g32", "int4-asym-g128", "int4-sym-g32", "int2-asym-g64",
+    "nf4-g64", "nf4-g64-dq", "fp8-e4m3-channel", "fp8-e5m2-tensor", "fp4-e2m1-g32",
+    "mxfp8", "mxfp6", "mxfp4", "nvfp4",
+]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lowbit.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowbit", description="Quantize LLM weights and measure what each format costs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("formats", help="table of every number format")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(handler=_cmd_formats)
+
+    p = sub.add_parser("schemes", help="parse scheme names and show their bits per weight")
+    p.add_argument("names", nargs="*", default=COMMON_SCHEMES, help="scheme names")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(handler=_cmd_schemes)
+
+    p = sub.add_parser("demo", help="the main job on the built-in default model and text")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
