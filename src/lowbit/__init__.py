@@ -1,10 +1,16 @@
 """lowbit: quantize the weights of real language models and measure what each format costs.
 
-Entry points: ``quantize_tensor(w, "int4-asym-g128") -> QTensor``, ``Scheme.parse(name)``,
+Tensors: ``quantize_tensor(w, "int4-asym-g128") -> QTensor``, ``Scheme.parse(name)``,
 ``get_format(name)``, ``weight_error(w, qt)``.
+Models: ``load_model(source)``, ``quantize(model, scheme)``, ``save(model, dir)``, ``load(dir)``,
+``generate(model, tokenizer, prompt)``.
+
+Heavy dependencies (transformers, safetensors) are imported only when a model function runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -24,7 +30,49 @@ def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weigh
     return quantize_rtn(w, scheme, name=name)
 
 
+def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
+    """Replace a model's nn.Linear layers by packed QuantLinear layers, in place.
+
+    See :func:`lowbit.quantize_model.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
+    """
+    from lowbit.quantize_model import quantize as _quantize
+
+    return _quantize(model, scheme, **kwargs)
+
+
+def load_model(source: str, **kwargs: Any):
+    """Load a Hugging Face folder, a GGUF file or a built-in model as (model, tokenizer)."""
+    from lowbit.checkpoint import is_checkpoint
+    from lowbit.checkpoint import load as _load
+    from lowbit.models import load_model as _load_model
+
+    if is_checkpoint(source):
+        return _load(source, **kwargs)
+    return _load_model(source, **kwargs)
+
+
+def save(model: torch.nn.Module, out: str, **kwargs: Any):
+    """Save a quantized model as a lowbit checkpoint folder (atomically)."""
+    from lowbit.checkpoint import save as _save
+
+    return _save(model, out, **kwargs)
+
+
+def load(folder: str, **kwargs: Any):
+    """Load a lowbit checkpoint as (model, tokenizer)."""
+    from lowbit.checkpoint import load as _load
+
+    return _load(folder, **kwargs)
+
+
+def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any) -> str:
+    """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.generate`."""
+    from lowbit.generate import generate as _generate
+
+    return _generate(model, tokenizer, prompt, **kwargs)
+
+
 __all__ = [
-    "QTensor", "Scheme", "WeightError", "formats", "get_format", "quantize_tensor",
-    "weight_error", "__version__",
+    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "load",
+    "load_model", "quantize", "quantize_tensor", "save", "weight_error", "__version__",
 ]

@@ -1,0 +1,329 @@
+"""lowbit's own checkpoint: packed tensors in safetensors shards plus ``lowbit.json``.
+
+A checkpoint folder holds ``lowbit.json`` (format version, lowbit version, the source model and
+its hash, the scheme, shape, size and weight error of every quantized layer, and which shard
+holds which tensor), ``model-NNNNN.safetensors`` shards, and the Hugging Face config and
+tokenizer files. A quantized layer ``L`` is stored as tensors ``L.qweight.<part>`` (see
+:mod:`lowbit.qtensor`); everything else under its usual name, in the checkpoint's keep dtype.
+
+Writes go to a hidden temporary folder that is renamed into place once complete (``lowbit.json``
+last), so an interrupted save leaves nothing that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit.qtensor import QTensor
+from lowbit.scheme import Scheme
+
+FORMAT_NAME = "lowbit-checkpoint"
+FORMAT_VERSION = 1
+META_FILE = "lowbit.json"
+QWEIGHT = ".qweight."
+DEFAULT_SHARD_BYTES = 256 * 2**20
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, d in _DTYPES.items():
+        if d == dtype:
+            return name
+    raise ValueError(f"keep dtype must be one of {', '.join(_DTYPES)}, got {dtype}")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(_DTYPES)}") from None
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder with a ``lowbit.json``."""
+    return (Path(path) / META_FILE).is_file()
+
+
+# --- writing -------------------------------------------------------------------------------
+class ShardWriter:
+    """Collects tensors and writes them as safetensors shards of about ``shard_bytes`` each."""
+
+    def __init__(self, folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        self.folder = folder
+        self.shard_bytes = shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.weight_map: dict[str, str] = {}
+        self.n_shards = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.weight_map or name in self.pending:
+            raise ValueError(f"tensor {name!r} written twice")
+        self.pending[name] = tensor.detach().contiguous().cpu()
+        self.pending_bytes += tensor.numel() * tensor.element_size()
+        if self.pending_bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        self.n_shards += 1
+        file = f"model-{self.n_shards:05d}.safetensors"
+        save_file(self.pending, str(self.folder / file), metadata={"format": "pt"})
+        self.weight_map.update(dict.fromkeys(self.pending, file))
+        self.pending, self.pending_bytes = {}, 0
+
+
+@contextmanager
+def atomic_folder(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out``, on error it is removed."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
+    if out.exists() and not is_checkpoint(out) and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} exists and is not a lowbit checkpoint; refusing to replace it even with force"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+    """Write ``lowbit.json`` (the last file of a checkpoint)."""
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    tmp.replace(folder / META_FILE)
+
+
+def base_metadata(source: dict | None, keep_dtype: torch.dtype, config: Any) -> dict[str, Any]:
+    from lowbit import __version__
+
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "lowbit_version": __version__,
+        "source": source,
+        "keep_dtype": dtype_name(keep_dtype),
+        "architectures": list(getattr(config, "architectures", None) or []),
+        "layers": {},
+        "tensors": {},
+    }
+
+
+def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
+                              generation_config: Any | None = None) -> None:
+    config.save_pretrained(folder)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | None = None,
+         force: bool = False, layer_info: dict[str, dict] | None = None,
+         shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder."""
+    from lowbit.quantize_model import quantized_layers
+
+    out = Path(out)
+    keep_dtype = getattr(model, "lowbit_keep_dtype", torch.float16)
+    qlayers = quantized_layers(model)
+    if not qlayers:
+        raise ValueError("the model has no quantized layers; call lowbit.quantize(model, ...) "
+                         "first")
+    source = getattr(model.config, "lowbit_source", None)
+    meta = base_metadata(source, keep_dtype, model.config)
+    with atomic_folder(out, force=force) as tmp:
+        writer = ShardWriter(tmp, shard_bytes)
+        seen: dict[int, str] = {}
+        aliases: dict[str, str] = {}
+        for name, tensor in model.state_dict(keep_vars=False).items():
+            layer, _, part = name.rpartition(".")
+            if layer in qlayers and part in qlayers[layer]._parts:
+                writer.add(layer + QWEIGHT + part, tensor)
+                continue
+            ptr = tensor.data_ptr()
+            if ptr in seen and tensor.numel() > 0:  # a tied weight: stored once
+                aliases[name] = seen[ptr]
+                continue
+            seen[ptr] = name
+            writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
+        writer.flush()
+        for name, q in qlayers.items():
+            info = {"scheme": q.scheme.to_json(), "shape": [q.out_features, q.in_features],
+                    "bias": q.bias is not None, "nbytes": q.qweight.nbytes,
+                    "bits_per_weight": q.qweight.bits_per_weight}
+            info.update({k: v for k, v in (layer_info or {}).get(name, {}).items()
+                         if k in ("rel_error", "exact")})
+            meta["layers"][name] = info
+        meta["tensors"] = writer.weight_map
+        meta["aliases"] = aliases
+        save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,
+                                  getattr(model, "generation_config", None))
+        write_metadata(tmp, meta)
+    return out
+
+
+def _clean_config(config: Any) -> Any:
+    """A copy of the HF config without lowbit's own bookkeeping attributes."""
+    import copy
+
+    c = copy.deepcopy(config)
+    for attr in ("lowbit_source",):
+        if hasattr(c, attr):
+            delattr(c, attr)
+    return c
+
+
+# --- reading -------------------------------------------------------------------------------
+def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``lowbit.json``; errors name the file."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a lowbit checkpoint: no {META_FILE}")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a lowbit checkpoint description")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {meta.get('version')!r} is not supported; this "
+            f"lowbit ({_version()}) reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def _version() -> str:
+    from lowbit import __version__
+
+    return __version__
+
+
+class TensorSource:
+    """Reads named tensors from a checkpoint's shards, with errors that name file and tensor."""
+
+    def __init__(self, folder: Path, weight_map: dict[str, str]) -> None:
+        self.folder = folder
+        self.weight_map = weight_map
+        self._open: dict[str, Any] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file = self.weight_map.get(name)
+        if file is None:
+            raise ValueError(f"{self.folder / META_FILE}: no tensor {name!r} listed")
+        path = self.folder / file
+        if file not in self._open:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (it should hold tensor {name!r})")
+            try:
+                self._open[file] = safe_open(str(path), framework="pt")
+            except Exception as err:  # safetensors raises its own error types
+                raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+        try:
+            return self._open[file].get_tensor(name)
+        except Exception as err:
+            raise ValueError(f"{path}: cannot read tensor {name!r}: {err}") from None
+
+
+def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32
+         ) -> tuple[torch.nn.Module, Any]:
+    """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    source = TensorSource(folder, meta["tensors"])
+    _install_quantized_layers(model, meta, source)
+    _load_float_tensors(model, meta, source, dtype)
+    model.tie_weights()
+    model.lowbit_keep_dtype = parse_dtype(meta["keep_dtype"])
+    if meta.get("source"):
+        model.config.lowbit_source = meta["source"]
+    tokenizer = None
+    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model",
+                                            "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                  trust_remote_code=False)
+    return model.eval(), tokenizer
+
+
+def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: TensorSource) -> None:
+    from lowbit.nn import QuantLinear
+
+    modules = dict(model.named_modules())
+    for name, info in meta["layers"].items():
+        if name not in modules:
+            raise ValueError(f"{META_FILE}: layer {name!r} does not exist in the "
+                             f"{type(model).__name__} built from config.json")
+        scheme = Scheme.from_json(info["scheme"])
+        prefix = name + QWEIGHT
+        parts = {t[len(prefix):]: source.get(t) for t in meta["tensors"] if t.startswith(prefix)}
+        qt = QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)
+        old = modules[name]
+        if (getattr(old, "out_features", None), getattr(old, "in_features", None)) != qt.shape:
+            raise ValueError(f"{name}: stored shape {qt.shape} does not match the model's "
+                             f"({getattr(old, 'out_features', None)}, "
+                             f"{getattr(old, 'in_features', None)})")
+        bias = source.get(name + ".bias").float() if info.get("bias") else None
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent] if parent else model, child, QuantLinear(qt, bias))
+
+
+def _load_float_tensors(model: torch.nn.Module, meta: dict, source: TensorSource,
+                        dtype: torch.dtype) -> None:
+    aliases = meta.get("aliases", {})
+    layer_biases = {n + ".bias" for n, i in meta["layers"].items() if i.get("bias")}
+    for name, param in list(model.named_parameters()):
+        if name in layer_biases or QWEIGHT in name:
+            continue
+        stored = aliases.get(name, name)
+        if stored not in meta["tensors"]:
+            if name in aliases or _is_tied(model, name):
+                continue
+            raise ValueError(f"{META_FILE}: no stored tensor for parameter {name!r}")
+        tensor = source.get(stored)
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(f"{source.weight_map[stored]}: tensor {stored!r} has shape "
+                             f"{tuple(tensor.shape)}, the model expects {tuple(param.shape)}")
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        new = torch.nn.Parameter(tensor.to(dtype), requires_grad=False)
+        setattr(module, attr, new)
+
+
+def _is_tied(model: torch.nn.Module, name: str) -> bool:
+    return name.endswith("lm_head.weight") and bool(
+        getattr(model.config, "tie_word_embeddings", False))
