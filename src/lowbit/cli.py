@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(handler=_cmd_schemes)
 
+    from lowbit.commands import models as model_commands
+
+    model_commands.add_parsers(sub)
+
     p = sub.add_parser("demo", help="the main job on the built-in default model and text")
     p.set_defaults(handler=_cmd_demo)
     return parser
@@ -80,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError,
+            ModuleNotFoundError) as err:
         print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,1 @@
+"""The handlers behind each ``lowbit`` subcommand: call the library and print its results."""

@@ -1,0 +1,136 @@
+"""``lowbit quantize``, ``lowbit inspect`` and ``lowbit generate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes:.0f} B"
+        nbytes /= 1000
+    raise AssertionError
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from lowbit.checkpoint import parse_dtype, save
+    from lowbit.models import load_model, resolve_source
+    from lowbit.plan import parse_overrides
+    from lowbit.quantize_model import quantize
+    from lowbit.scheme import Scheme
+    from lowbit.stream import quantize_folder
+
+    Scheme.parse(args.scheme)
+    overrides = parse_overrides(args.override or [])
+    exclude = None if args.exclude is None else args.exclude
+    keep = parse_dtype(args.keep_dtype)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    source = resolve_source(args.source)
+    if source.kind in ("hf", "builtin"):
+        report = quantize_folder(source.path, args.scheme, out, exclude=exclude,
+                                 overrides=overrides, keep_dtype=keep, force=args.force,
+                                 source_info=source.to_dict())
+    else:
+        model, tokenizer = load_model(args.source)
+        report = quantize(model, args.scheme, exclude=exclude, overrides=overrides,
+                          keep_dtype=keep)
+        save(model, out, tokenizer=tokenizer, force=args.force, layer_info=report.layers)
+    seconds = time.perf_counter() - t0
+    float_bytes = report.params * 2
+    disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+    print(f"source           {source.name} ({source.kind}, sha256 {source.sha256[:12]}...)")
+    print(f"scheme           {args.scheme}" + (f"  overrides {overrides}" if overrides else ""))
+    print(f"quantized layers {len(report.layers)} ({report.params / 1e6:.1f} M weights)")
+    print(f"fp16 size        {_human(float_bytes)} (quantized layers)")
+    print(f"quantized size   {_human(report.nbytes)} "
+          f"({report.nbytes / float_bytes:.1%} of fp16)")
+    print(f"bits per weight  {report.nbytes * 8 / report.params:.4f}")
+    print(f"mean rel. error  {report.mean_rel_error:.4f} (relative L2 of each layer's weight)")
+    exact = sum(v["exact"] for v in report.layers.values())
+    if exact:
+        print(f"note             {exact} layer(s) came back exactly: the source already lies "
+              "on this scheme's grid (an artifact, not a finding)")
+    print(f"checkpoint       {out} ({_human(disk)} of tensors on disk)")
+    print(f"time             {seconds:.1f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lowbit.checkpoint import read_metadata
+    from lowbit.report.table import render_table
+
+    meta = read_metadata(args.checkpoint)
+    rows = []
+    for name, info in meta["layers"].items():
+        err = info.get("rel_error")
+        rows.append([name, info["scheme"]["name"], "x".join(map(str, info["shape"])),
+                     info["nbytes"], round(info["bits_per_weight"], 4),
+                     "" if err is None else (f"{err:.5f}" + (" (exact)" if info.get("exact")
+                                                             else ""))])
+    print(render_table(["layer", "scheme", "shape", "bytes", "bits/weight", "rel. error"],
+                       rows, markdown=args.markdown))
+    total_w = sum(i["shape"][0] * i["shape"][1] for i in meta["layers"].values())
+    total_b = sum(i["nbytes"] for i in meta["layers"].values())
+    src = meta.get("source") or {}
+    print(f"\n{len(rows)} quantized layers, {total_w / 1e6:.1f} M weights, "
+          f"{_human(total_b)}, {total_b * 8 / total_w:.4f} bits/weight; kept tensors in "
+          f"{meta['keep_dtype']}; source {src.get('name', '?')} "
+          f"(sha256 {str(src.get('sha256', '?'))[:12]}...)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import lowbit
+
+    model, tokenizer = lowbit.load_model(args.model)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer files")
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    lowbit.generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                    on_text=show)
+    sys.stdout.write("\n")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model into a lowbit checkpoint")
+    p.add_argument("source", help="Hugging Face folder, .gguf file or built-in name "
+                                  "(smollm2-135m, gemma-3-270m)")
+    p.add_argument("--scheme", required=True, help="e.g. int4-asym-g128 (lowbit schemes)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
+    p.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="keep layers matching this regular expression in float "
+                        "(default: lm_head; repeatable)")
+    p.add_argument("--override", action="append", metavar="PATTERN=SCHEME",
+                   help="another scheme for layers matching PATTERN (repeatable)")
+    p.add_argument("--keep-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="dtype of the tensors left unquantized (default float16)")
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(handler=cmd_quantize)
+
+    p = sub.add_parser("inspect", help="per-layer table of a lowbit checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("generate", help="generate text from a model or a lowbit checkpoint")
+    p.add_argument("model", help="checkpoint folder, Hugging Face folder, .gguf or built-in name")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(handler=cmd_generate)
