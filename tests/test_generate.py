@@ -217,3 +217,17 @@ def test_smollm2_sampling_gives_varied_fluent_text(smollm2):
                       top_p=0.9, seed=s) for s in range(3)}
     assert len(texts) > 1
     assert all(t.strip() for t in texts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["smollm2", "gemma"])
+def test_incremental_decoding_with_real_tokenizers(fixture, request):
+    _, tok = request.getfixturevalue(fixture)
+    prompt = tok("Hello").input_ids
+    more = tok(" world,  héllo\n日本語 🙂 ok", add_special_tokens=False).input_ids
+    decoder = IncrementalDecoder(tok, prompt)
+    pieces = [decoder.push(i) for i in more] + [decoder.flush()]
+    assert not any("\ufffd" in p for p in pieces)
+    whole = tok.decode(prompt + more, skip_special_tokens=True)
+    start = tok.decode(prompt, skip_special_tokens=True)
+    assert "".join(pieces) == whole[len(start):] == " world,  héllo\n日本語 🙂 ok"
