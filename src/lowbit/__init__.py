@@ -66,8 +66,8 @@ def load(folder: str, **kwargs: Any):
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any) -> str:
-    """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.generate`."""
-    from lowbit.generate import generate as _generate
+    """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.generation`."""
+    from lowbit.generation import generate as _generate
 
     return _generate(model, tokenizer, prompt, **kwargs)
 
