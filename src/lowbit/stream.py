@@ -1,7 +1,8 @@
 """Quantize a safetensors model folder tensor by tensor, never holding the float model in memory.
 
-Each source tensor is memory-mapped, quantized (or rounded to the keep dtype) and appended to the
-output shards; peak memory is about one shard buffer plus one tensor. The result is the same
+Each source tensor is read on its own (plain reads, no memory map), quantized (or rounded to the
+keep dtype) and appended to the output shards; peak memory is about one output shard buffer plus
+one tensor. The result is the same
 checkpoint that ``lowbit.quantize`` + ``lowbit.save`` write from the loaded model.
 """
 
@@ -29,27 +30,24 @@ from lowbit.eval.weights import weight_error
 from lowbit.methods.rtn import quantize_rtn
 from lowbit.plan import plan_layers
 from lowbit.quantize_model import QuantizeReport
+from lowbit.safetensors_io import TensorInfo, read_header, read_tensor
 from lowbit.scheme import Scheme
 
 
-def _source_tensors(folder: Path) -> Iterable[tuple[str, Path]]:
-    """(tensor name, shard path) of every tensor of a safetensors model folder, in file order."""
-    from safetensors import safe_open
-
+def _source_tensors(folder: Path) -> Iterable[tuple[Path, TensorInfo]]:
+    """(shard path, tensor info) of every tensor of a safetensors model folder, in file order."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index: {err}") from None
     else:
         shards = ["model.safetensors"]
     for shard in shards:
         path = folder / shard
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                names = list(f.keys())
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
-        for name in names:
-            yield name, path
+        for info in read_header(path).values():
+            yield path, info
 
 
 def quantize_folder(
@@ -67,7 +65,6 @@ def quantize_folder(
 ) -> QuantizeReport:
     """Quantize the Hugging Face folder ``source`` into the lowbit checkpoint ``out``."""
     from accelerate import init_empty_weights
-    from safetensors import safe_open
     from tqdm import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -92,16 +89,14 @@ def quantize_folder(
     names = list(_source_tensors(source))
     with atomic_folder(Path(out), force=force) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
-        handles: dict[Path, Any] = {}
-        for name, path in tqdm(names, desc="quantize", unit="tensor", disable=not progress):
-            if path not in handles:
-                handles = {path: safe_open(str(path), framework="pt")}  # one shard open at a time
+        for path, info in tqdm(names, desc="quantize", unit="tensor", disable=not progress):
+            name = info.name
             if name not in expected:
                 raise ValueError(f"{path}: tensor {name!r} is not part of the "
                                  f"{type(skeleton).__name__} that config.json describes")
             if name in tied:
                 continue
-            tensor = handles[path].get_tensor(name)
+            tensor = read_tensor(path, info)
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                  f"config.json implies {tuple(expected[name].shape)}")
@@ -123,7 +118,6 @@ def quantize_folder(
             else:
                 writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
             del tensor
-        handles.clear()
         writer.flush()
         missing = sorted(set(plan) - set(meta["layers"]))
         if missing:

@@ -1,0 +1,83 @@
+"""Read safetensors files one tensor at a time with plain reads (no memory map).
+
+A memory-mapped tensor's pages stay resident (and counted in RSS) until the whole file is
+unmapped, so streaming a 5 GB shard through mmap can hold 5 GB. Reading each tensor's bytes
+with ``pread`` holds only that tensor. The format is an 8-byte little-endian header length, a
+JSON header mapping names to dtype/shape/byte offsets, then the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+_MAX_HEADER = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes are in a safetensors file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute file offset
+    end: int
+
+
+def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors file, in file order; errors name the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > _MAX_HEADER:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+    base = 8 + n
+    out: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            start, end = (base + int(o) for o in entry["data_offsets"])
+            shape = tuple(int(s) for s in entry["shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: bad header entry for tensor {name!r}: {err}") from None
+        numel = 1
+        for s in shape:
+            numel *= s
+        if end - start != numel * torch.empty((), dtype=dtype).element_size() or end > size:
+            raise ValueError(f"{path}: tensor {name!r} is truncated or its offsets are wrong")
+        out[name] = TensorInfo(name, dtype, shape, start, end)
+    return dict(sorted(out.items(), key=lambda kv: kv[1].start))
+
+
+def read_tensor(path: str | os.PathLike, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor (a fresh, writable CPU tensor)."""
+    buf = bytearray(info.end - info.start)
+    with open(path, "rb") as f:
+        f.seek(info.start)
+        got = f.readinto(buf)
+    if got != len(buf):
+        raise ValueError(f"{path}: tensor {info.name!r} is truncated")
+    if not buf:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)

@@ -1,0 +1,69 @@
+"""Streaming quantization of a safetensors folder: same checkpoint as the in-memory path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.safetensors_io import read_header, read_tensor
+from lowbit.stream import quantize_folder
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    meta = json.loads((folder / "lowbit.json").read_text())
+    out = {}
+    for name, file in meta["tensors"].items():
+        out[name] = read_tensor(folder / file, read_header(folder / file)[name])
+    return out
+
+
+@pytest.mark.parametrize("shard_size", [None, "40KB"])
+def test_streamed_checkpoint_equals_in_memory(tiny_llama, tmp_path: Path, shard_size) -> None:
+    model, tok = tiny_llama
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size=shard_size or "5GB")
+    tok.save_pretrained(src)
+    if shard_size:
+        assert len(list(src.glob("*.safetensors"))) > 1
+    overrides = {"down_proj": "int8-sym-channel"}
+    report = quantize_folder(src, "int4-asym-g32", tmp_path / "streamed", progress=False,
+                             overrides=overrides)
+    lowbit.quantize(model, "int4-asym-g32", progress=False, overrides=overrides)
+    lowbit.save(model, tmp_path / "memory", tokenizer=tok)
+    a, b = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(report.layers) == 14
+    loaded, _ = lowbit.load(tmp_path / "streamed")
+    ids = torch.arange(5, 30).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_read_tensor_matches_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int32),
+               "c": torch.randn(4).bfloat16(), "empty": torch.zeros(0, 3)}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    header = read_header(tmp_path / "x.safetensors")
+    assert set(header) == set(tensors)
+    for name, t in tensors.items():
+        assert torch.equal(read_tensor(tmp_path / "x.safetensors", header[name]), t)
+
+
+def test_truncated_source_shard_names_the_file(tiny_llama, tmp_path: Path) -> None:
+    model, tok = tiny_llama
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    shard = src / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"model\.safetensors.*truncated"):
+        quantize_folder(src, "int4-asym-g32", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
