@@ -1,0 +1,40 @@
+"""``lowbit export``: write a checkpoint or a float model as a file another runtime reads."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lowbit.export import to_gguf
+
+    report = to_gguf(args.source, args.output, qtype=args.type, requantize=args.requantize,
+                     force=args.force, progress=True)
+    counts = ", ".join(f"{n} {t}" for t, n in report.type_counts().items())
+    print(f"source           {report.source} ({report.arch})")
+    print(f"type             {report.preset or 'as stored (lossless)'}")
+    print(f"tensors          {len(report.tensor_types)}: {counts}")
+    if report.lossless:
+        print(f"lossless         {len(report.lossless)} quantized layers written from their "
+              "codes, not requantized")
+    print(f"file             {report.path} ({report.file_bytes / 1e6:.1f} MB, "
+          f"{report.bits_per_weight:.3f} bits per weight)")
+    print(f"time             {report.seconds:.1f} s")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lowbit.export.gguf_types import PRESETS
+
+    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (llama.cpp, Ollama)")
+    p.add_argument("source", help="lowbit checkpoint folder, Hugging Face folder, .gguf file or "
+                                  "built-in name")
+    p.add_argument("--to", default="gguf", choices=["gguf"], help="file format (default gguf)")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--type", default=None, metavar="T",
+                   help=f"GGUF type or llama.cpp mix: {', '.join(PRESETS)}. Needed for a float "
+                        "model; for a checkpoint it sets the type of its float tensors")
+    p.add_argument("--requantize", action="store_true",
+                   help="requantize a checkpoint whose scheme is no GGUF type (needs --type)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=cmd_export)

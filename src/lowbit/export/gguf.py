@@ -1,0 +1,312 @@
+"""Write a lowbit checkpoint or a float model as a GGUF file that llama.cpp runs.
+
+The writer is an explicit sequence on `gguf.GGUFWriter`: plan every tensor (name, shape, type),
+then write the header, the key-value metadata, the tensor infos, and each tensor's bytes in
+turn (one tensor in memory at a time), into a temporary file renamed into place at the end.
+
+Quantized layers of a checkpoint whose scheme is a GGUF type (int8-sym-g32 = Q8_0,
+int4-sym-g32 = Q4_0, int4-asym-g32 = Q4_1, int5-sym-g32 = Q5_0, int5-asym-g32 = Q5_1) are
+written from their codes and fp16 scales, without requantizing; other tensors are quantized
+by lowbit's byte-exact ggml encoders following a llama.cpp preset (see `gguf_types`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowbit.export import gguf_metadata as meta
+from lowbit.export.gguf_types import (
+    FLOAT_TYPES,
+    PRESETS,
+    TensorSlot,
+    check_preset,
+    lossless_schemes,
+    lossless_type,
+    nearest_types,
+    preset_type,
+)
+
+log = logging.getLogger(__name__)
+
+_KEEP_TYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+@dataclass
+class ExportReport:
+    """What `to_gguf` wrote: the file, its size, and the GGUF type of every tensor."""
+
+    path: Path
+    source: str
+    arch: str
+    preset: str | None
+    tensor_types: dict[str, str]
+    lossless: list[str]  # GGUF tensors written from a checkpoint's codes without requantizing
+    n_elements: int
+    file_bytes: int
+    seconds: float
+    shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """File bits (metadata and tokenizer included) per tensor element."""
+        return self.file_bytes * 8 / self.n_elements
+
+    def type_counts(self) -> dict[str, int]:
+        """Number of tensors of each GGUF type."""
+        return dict(Counter(self.tensor_types.values()).most_common())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "source": self.source, "arch": self.arch,
+                "preset": self.preset, "file_bytes": self.file_bytes,
+                "bits_per_weight": self.bits_per_weight, "seconds": self.seconds,
+                "type_counts": self.type_counts(), "n_lossless": len(self.lossless)}
+
+
+@dataclass
+class _Entry:
+    """One planned GGUF tensor."""
+
+    name: str
+    shape: tuple[int, ...]  # numpy order
+    qtype: str
+    module: torch.nn.Module | None = None  # a QuantLinear written losslessly
+    tensor: torch.Tensor | None = None  # else the float (or dequantized) value
+
+
+def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: str | None = None,
+            requantize: bool = False, force: bool = False, progress: bool = False
+            ) -> ExportReport:
+    """Export `source` (a lowbit checkpoint folder, or a float model: HF folder, .gguf, built-in
+    name) to the GGUF file `out_path`.
+
+    A checkpoint's quantized layers go out losslessly when their scheme is a GGUF type, else a
+    ValueError lists the nearest types, unless `requantize=True` (then `qtype` is required and
+    every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
+    preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
+    """
+    from lowbit.checkpoint import is_checkpoint
+
+    t0 = time.perf_counter()
+    out = Path(out_path)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
+    preset = None if qtype is None else check_preset(qtype)
+    if is_checkpoint(source):
+        from lowbit.checkpoint import load
+
+        if requantize and preset is None:
+            raise ValueError("requantize=True (--requantize) needs a type to requantize to "
+                             f"(qtype / --type: one of {', '.join(PRESETS)})")
+        model, _ = load(source)
+        keep = _KEEP_TYPES[getattr(model, "lowbit_keep_dtype", torch.float16)]
+    else:
+        from lowbit.models import load_model
+
+        if preset is None:
+            raise ValueError(f"{source} is a float model: give the GGUF type to quantize it to "
+                             f"(qtype / --type: one of {', '.join(PRESETS)})")
+        model, _ = load_model(source)
+        keep = "F32"
+    config = model.config
+    arch = meta.gguf_arch(config)
+    src_info = getattr(config, "lowbit_source", None)
+    with meta.template_gguf(src_info) as template:
+        if template is None:
+            raise ValueError(
+                f"{source}: GGUF export needs the GGUF metadata (tokenizer, hyperparameters) "
+                "of the model's original GGUF file; this model came from a Hugging Face folder "
+                "with no GGUF behind it, which is not supported yet. Export from the GGUF "
+                "source or a built-in model instead."
+            )
+        import gguf
+
+        reader = gguf.GGUFReader(template)
+        entries = _plan(model, arch, config, reader, preset, requantize, keep)
+        file_type = _file_type(preset, entries)
+        _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress)
+    lossless = [e.name for e in entries if e.module is not None]
+    return ExportReport(
+        path=out, source=str(source), arch=arch, preset=preset,
+        tensor_types={e.name: e.qtype for e in entries}, lossless=lossless,
+        n_elements=sum(int(np.prod(e.shape)) for e in entries),
+        file_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
+        shapes={e.name: e.shape for e in entries},
+    )
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _model_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module | None,
+                                                          torch.Tensor | None]]:
+    """HF name -> (QuantLinear, None) or (None, float tensor), tied weights once."""
+    from lowbit.nn import QuantLinear
+
+    found: dict[str, tuple[Any, Any]] = {}
+    qnames = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear):
+            found[f"{name}.weight"] = (mod, None)
+            qnames.add(name)
+    for name, p in model.named_parameters():
+        found.setdefault(name, (None, p.detach()))
+    return found
+
+
+def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: str | None,
+          requantize: bool, keep: str) -> list[_Entry]:
+    n_layers = config.num_hidden_layers
+    wanted = meta.template_tensors(reader)
+    by_gguf: dict[str, tuple[str, Any, Any]] = {}
+    unknown = []
+    for hf_name, (mod, tensor) in _model_tensors(model).items():
+        g = meta.gguf_name(hf_name, arch, n_layers)
+        if g is None:
+            unknown.append(hf_name)
+            continue
+        if g not in wanted and g == "output.weight":
+            continue  # tied to token_embd in the GGUF
+        by_gguf[g] = (hf_name, mod, tensor)
+    if unknown:
+        raise ValueError(f"no GGUF name for the model's tensors {unknown[:5]} ({arch})")
+    missing, extra = sorted(set(wanted) - set(by_gguf)), sorted(set(by_gguf) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"the model's tensors do not match its source GGUF: missing "
+                         f"{missing[:5]}, not in the GGUF {extra[:5]}")
+    tied = "output.weight" not in wanted
+    entries, unmappable = [], []
+    for g, shape in wanted.items():
+        hf_name, mod, tensor = by_gguf[g]
+        got = tuple(mod.qweight.shape) if mod is not None else tuple(tensor.shape)
+        if got != shape:
+            raise ValueError(f"{hf_name}: shape {got} but the source GGUF's {g} is {shape}")
+        slot = TensorSlot(g, shape[-1], len(shape), meta.layer_index(g))
+        if mod is not None and not requantize:
+            t = lossless_type(mod.scheme)
+            if t is None or shape[-1] % 32:
+                unmappable.append((hf_name, mod.scheme))
+                continue
+            entries.append(_Entry(g, shape, t, module=mod))
+            continue
+        if mod is not None:
+            tensor = mod.qweight.dequantize()
+        if preset is not None:
+            t = preset_type(slot, preset, n_layer=n_layers, n_gqa=meta.n_gqa(config),
+                            tied_output=tied)
+        else:
+            t = "F32" if len(shape) < 2 else keep
+        entries.append(_Entry(g, shape, t, tensor=tensor))
+    if unmappable:
+        _raise_unmappable(unmappable)
+    return entries
+
+
+def _raise_unmappable(layers: list[tuple[str, Any]]) -> None:
+    schemes = sorted({str(s) for _, s in layers})
+    first = layers[0][1]
+    names = ", ".join(n for n, _ in layers[:3]) + (" ..." if len(layers) > 3 else "")
+    raise ValueError(
+        f"{len(layers)} quantized layer(s) ({names}) use scheme(s) {', '.join(schemes)}, "
+        f"which no GGUF type stores exactly. Nearest GGUF types: "
+        f"{', '.join(nearest_types(first))}. Either requantize (requantize=True and a qtype, "
+        f"--requantize --type T; the error adds up), or quantize with a scheme that exports "
+        f"losslessly: {lossless_schemes()}."
+    )
+
+
+def _file_type(preset: str | None, entries: list[_Entry]) -> int:
+    """general.file_type: the preset's llama_ftype, else that of the most common 2-D type."""
+    import gguf
+
+    if preset is None:
+        counts = Counter(e.qtype for e in entries if len(e.shape) == 2)
+        preset = counts.most_common(1)[0][0] if counts else "F32"
+    name = "ALL_F32" if preset == "F32" else f"MOSTLY_{preset}"
+    return int(gguf.LlamaFileType[name])
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
+    from lowbit.ggml import block_size, type_size
+
+    *lead, row = shape
+    return int(np.prod(lead, dtype=np.int64)) * (row // block_size(qtype)) * type_size(qtype)
+
+
+def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Entry], *,
+           arch_config: Any, progress: bool) -> None:
+    import gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        meta.copy_metadata(reader, writer, file_type)
+        for e in entries:
+            writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32),
+                                   _nbytes(e.shape, e.qtype),
+                                   raw_dtype=gguf.GGMLQuantizationType[e.qtype])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        items = entries
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(entries, desc="gguf", unit="tensor")
+        for e in items:
+            data = tensor_bytes(e, arch, arch_config)
+            assert data.nbytes == _nbytes(e.shape, e.qtype), e.name
+            writer.write_tensor_data(data)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def tensor_bytes(e: _Entry, arch: str, config: Any) -> np.ndarray:
+    """The GGUF bytes (uint8 [rows, row bytes]) of one planned tensor."""
+    from lowbit import ggml
+
+    if e.module is not None:
+        return _lossless_bytes(e, arch, config)
+    w = meta.float_layout(e.name, e.tensor.float().cpu().numpy(), arch, config)
+    return ggml.quantize(w, e.qtype)
+
+
+def _lossless_bytes(e: _Entry, arch: str, config: Any) -> np.ndarray:
+    """Blocks written from a QuantLinear's own codes and fp16 scales (no requantization)."""
+    from lowbit import ggml
+
+    qt = e.module.qweight
+    codes = qt.element_values().numpy().astype(np.int16)
+    d = qt.scale.cpu().numpy()
+    m = None if qt.zero is None else qt.zero.cpu().numpy()
+    assert d.dtype == np.float16 and (m is None or m.dtype == np.float16), e.name
+    perm = meta.row_permutation(e.name, codes.shape[0], arch, config)
+    if perm is not None:
+        codes, d = codes[perm], d[perm]
+        m = None if m is None else m[perm]
+    pack = {"Q8_0": ggml.pack_q8_0, "Q4_0": ggml.pack_q4_0, "Q5_0": ggml.pack_q5_0}
+    if e.qtype in pack:
+        return pack[e.qtype](d, codes)
+    pack_asym = {"Q4_1": ggml.pack_q4_1, "Q5_1": ggml.pack_q5_1}
+    return pack_asym[e.qtype](d, m, codes)
+
+
+__all__ = ["FLOAT_TYPES", "ExportReport", "to_gguf"]
