@@ -1,8 +1,8 @@
 """Memory a model takes: peak resident memory (RSS) while a callable runs, and parameter bytes.
 
 Peak RSS on Linux: the kernel's high-water mark ``VmHWM`` is reset to the current RSS (writing
-``5`` to ``/proc/self/clear_refs``) before the call and read after it, so the peak is exact. Where
-that is not possible, RSS is sampled every millisecond with psutil (a lower bound on the peak).
+``5`` to ``/proc/self/clear_refs``) before the call and read after it; RSS is also sampled every
+millisecond with psutil, which is all there is where the reset does not work (a lower bound).
 On CUDA the peak of ``torch.cuda.max_memory_allocated`` is reported beside it.
 """
 
@@ -61,11 +61,14 @@ def _status_kib(field: str) -> int | None:
 
 
 def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark; True only if the mark really dropped to the current RSS
+    (some kernels accept the write and ignore it)."""
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
         return False
-    return _status_kib("VmHWM") is not None
+    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 1024  # within 1 MiB
 
 
 def _rss_bytes() -> int:
@@ -78,33 +81,38 @@ def _rss_bytes() -> int:
 
 
 def peak_memory(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, MemoryResult]:
-    """Call ``fn(*args, **kwargs)``; return its result and the memory it peaked at."""
+    """Call ``fn(*args, **kwargs)``; return its result and the memory it peaked at.
+
+    RSS is sampled every millisecond during the call in any case; where the kernel's peak mark
+    could be reset, the peak is the larger of the mark and the samples ("vmhwm"), else the
+    samples alone ("sampled", a lower bound).
+    """
+    import psutil
+
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before = _rss_bytes()
-    if _reset_hwm():
+    exact = _reset_hwm()
+    proc, peak_box, stop = psutil.Process(), [before], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.001):
+            peak_box[0] = max(peak_box[0], int(proc.memory_info().rss))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
         result = fn(*args, **kwargs)
-        peak, method = (_status_kib("VmHWM") or 0) * 1024, "vmhwm"
-    else:
-        import psutil
-
-        proc, peak_box, stop = psutil.Process(), [before], threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(0.001):
-                peak_box[0] = max(peak_box[0], int(proc.memory_info().rss))
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            stop.set()
-            thread.join()
-        peak, method = max(peak_box[0], _rss_bytes()), "sampled"
+    finally:
+        stop.set()
+        thread.join()
+    peak = max(peak_box[0], _rss_bytes())
+    if exact:
+        peak = max(peak, (_status_kib("VmHWM") or 0) * 1024)
     cuda_peak = int(torch.cuda.max_memory_allocated()) if cuda else None
-    return result, MemoryResult(before, peak, max(peak - before, 0), method, cuda_peak)
+    return result, MemoryResult(before, peak, max(peak - before, 0),
+                                "vmhwm" if exact else "sampled", cuda_peak)
 
 
 def model_bytes(model: torch.nn.Module) -> ModelBytes:
