@@ -5,22 +5,41 @@ Tensors: ``quantize_tensor(w, "int4-asym-g128") -> QTensor``, ``Scheme.parse(nam
 Models: ``load_model(source)``, ``quantize(model, scheme)``, ``save(model, dir)``, ``load(dir)``,
 ``generate(model, tokenizer, prompt)``.
 
-Heavy dependencies (transformers, safetensors) are imported only when a model function runs.
+``import lowbit`` itself imports nothing heavy: torch is imported with the first name that needs
+it, transformers and safetensors only when a model function runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from lowbit import formats
-from lowbit.eval.weights import WeightError, weight_error
-from lowbit.formats import get_format
-from lowbit.qtensor import QTensor
-from lowbit.scheme import Scheme
+    from lowbit.eval.weights import WeightError, weight_error
+    from lowbit.formats import get_format
+    from lowbit.qtensor import QTensor
+    from lowbit.scheme import Scheme
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "formats": ("lowbit.formats", None),
+    "get_format": ("lowbit.formats", "get_format"),
+    "QTensor": ("lowbit.qtensor", "QTensor"),
+    "Scheme": ("lowbit.scheme", "Scheme"),
+    "WeightError": ("lowbit.eval.weights", "WeightError"),
+    "weight_error": ("lowbit.eval.weights", "weight_error"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = importlib.import_module(module)
+        return value if attr is None else getattr(value, attr)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
 
 
 def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight") -> QTensor:

@@ -1,0 +1,44 @@
+"""Copy benchmark result files into README.md between their markers, so the README quotes
+exactly what the scripts produced.
+
+A block in the README looks like::
+
+    <!-- results:benchmarks/results/weight_error.md -->
+    ... (replaced) ...
+    <!-- /results -->
+
+    .venv/bin/python scripts/update_readme.py
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- results:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def _demote(text: str) -> str:
+    """Result files start with '# Title': nest their headings under the README's sections."""
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", text, flags=re.M)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+
+    def fill(m: re.Match) -> str:
+        path = ROOT / m.group("path")
+        body = _demote(path.read_text()) if path.is_file() else \
+            f"*(not yet produced: run the script that writes `{m.group('path')}`)*\n"
+        return m.group(1) + body + m.group(4)
+
+    new = BLOCK.sub(fill, text)
+    tmp = readme.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+
+
+if __name__ == "__main__":
+    main()
