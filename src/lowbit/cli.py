@@ -72,7 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_commands.add_parsers(sub)
 
-    p = sub.add_parser("demo", help="the main job on the built-in default model and text")
+    from lowbit.commands import evaluate as eval_commands
+    from lowbit.commands import sweep as sweep_commands
+
+    eval_commands.add_parsers(sub)
+    sweep_commands.add_parsers(sub)
+
+    from lowbit.demo import add_arguments as add_demo_arguments
+
+    p = sub.add_parser("demo", help="the seed article's experiment on Gemma-3-270M: table and "
+                                    "report")
+    add_demo_arguments(p)
     p.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -1,0 +1,43 @@
+"""``lowbit sweep``: quantize and evaluate a model under each scheme; results, plots, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lowbit.commands.evaluate import check_data, settings_from_args
+    from lowbit.report.sweep import run_sweep
+
+    schemes = [s.strip() for item in args.schemes for s in item.split(",") if s.strip()]
+    if not schemes:
+        raise ValueError("--schemes: give at least one scheme name")
+    settings = settings_from_args(args)
+    check_data(settings)
+    result = run_sweep(args.model, schemes, args.output, settings=settings,
+                       baseline_rows=not args.no_baseline_rows, cache_logits=not args.no_cache,
+                       force=args.force, progress=not args.no_progress)
+    sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
+    print(f"\n{len(result.ran)} rows evaluated now, {len(result.records) - len(result.ran)} "
+          f"from earlier runs, in {result.seconds:.0f} s")
+    print(f"report: {result.report_html.resolve()}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lowbit.commands.evaluate import add_eval_options
+
+    p = sub.add_parser("sweep", help="quantize and evaluate a model under each of many schemes")
+    p.add_argument("model", help="Hugging Face folder, .gguf or built-in name")
+    p.add_argument("--schemes", required=True, action="append", metavar="LIST",
+                   help="comma-separated scheme names (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes)")
+    add_eval_options(p)
+    p.add_argument("--no-baseline-rows", action="store_true",
+                   help="skip the float baseline and fp16-kept-tensors rows")
+    p.add_argument("--no-cache", action="store_true",
+                   help="rerun the baseline beside each scheme instead of storing its logits")
+    p.add_argument("--force", action="store_true", help="discard earlier results in the folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_sweep)

@@ -1,0 +1,189 @@
+"""PNG plots of a sweep: bits per weight against KL and perplexity (Pareto front marked),
+symmetric against asymmetric error by bit width, and weight error by layer.
+
+matplotlib is imported inside the functions (Agg backend: no display needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lowbit.eval.suite import summary_row
+
+DPI = 90
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each ``(cost, loss)`` point, whether no other point is at least as good on both and
+    strictly better on one (both are minimised). Equal points are all on the front."""
+    out = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+            for j, (x2, y2) in enumerate(points) if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _quantized(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if not r.get("baseline") and r.get("scheme")]
+
+
+def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Path, *,
+                  ylabel: str, log_y: bool) -> Path | None:
+    """Scatter of bits per weight against ``metric`` (a :func:`summary_row` key) for the quantized
+    rows, the Pareto front joined by a line, artifacts hollow; None when nothing to plot."""
+    rows = [summary_row(r) for r in _quantized(records)]
+    rows = [r for r in rows if r.get(metric) is not None and r.get("bits_per_weight")]
+    if log_y:
+        rows = [r for r in rows if r[metric] > 0]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=DPI)
+    pts = [(r["bits_per_weight"], r[metric]) for r in rows]
+    front = pareto_front(pts)
+    for r, on in zip(rows, front):
+        x, y = r["bits_per_weight"], r[metric]
+        hollow = r["artifact"]
+        ax.scatter([x], [y], s=46 if on else 26, zorder=3,
+                   facecolors="none" if hollow else ("C3" if on else "C0"),
+                   edgecolors="C3" if on else "C0")
+        ax.annotate(r["name"] + (" (artifact)" if hollow else ""), (x, y), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    fx = sorted((p for p, on in zip(pts, front) if on))
+    ax.plot([p[0] for p in fx], [p[1] for p in fx], "-", color="C3", lw=1.2, zorder=2,
+            label="Pareto front (fewer bits, lower " + ylabel.split(" (")[0] + ")")
+    # the reference rows as horizontal lines: the float baseline's perplexity, and the KL floor
+    # set by rounding the kept tensors to fp16 (every quantized row includes that rounding)
+    for b in (summary_row(r) for r in records if r.get("baseline")):
+        y = b.get(metric)
+        if y and (metric == "ppl") == (b["bits_per_weight"] == 32 and b["kld_mean"] == 0):
+            ax.axhline(y, ls="--", lw=0.8, color="grey")
+            ax.annotate(b["name"], (min(p[0] for p in pts), y), fontsize=7, color="grey",
+                        xytext=(0, 3), textcoords="offset points")
+    if log_y:
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
+        ax.set_yscale("log")
+        if metric == "ppl":
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter(useOffset=False))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xlabel("bits per weight (linear layers)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _int_parts(scheme: str) -> tuple[int, str, str] | None:
+    """(bits, "sym"/"asym", granularity label) of an integer scheme, else None."""
+    from lowbit.scheme import Scheme
+
+    try:
+        s = Scheme.parse(scheme)
+    except ValueError:
+        return None
+    if not s.format.startswith("int"):
+        return None
+    gran = f"g{s.block_size}" if s.granularity == "block" else s.granularity
+    return int(s.format[3:]), ("sym" if s.symmetric else "asym"), gran
+
+
+def plot_sym_asym(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Grouped bars: mean relative weight error and KL of symmetric vs asymmetric integer schemes,
+    for each bit width and granularity measured both ways; None when no such pair."""
+    cells: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for rec in _quantized(records):
+        parts = _int_parts(rec["scheme"])
+        if parts:
+            bits, kind, gran = parts
+            cells.setdefault((bits, gran), {})[kind] = summary_row(rec)
+    pairs = sorted(((k, v) for k, v in cells.items() if len(v) == 2),
+                   key=lambda kv: (-kv[0][0], kv[0][1]))
+    if not pairs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), dpi=DPI)
+    labels = [f"int{b} {g}" for (b, g), _ in pairs]
+    xs = range(len(pairs))
+    for ax, key, title in ((axes[0], "weight_rel_error", "mean relative weight error"),
+                           (axes[1], "kld_mean", "KL divergence from baseline (mean)")):
+        for off, kind, color in ((-0.2, "sym", "C0"), (0.2, "asym", "C1")):
+            vals = [v[kind].get(key) or 0.0 for _, v in pairs]
+            ax.bar([x + off for x in xs], vals, width=0.4, color=color, label=kind)
+        ax.set_yscale("log")
+        ax.set_xticks(list(xs), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle("symmetric vs asymmetric integer grids, by bit width and granularity",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_layer_error(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Relative weight error of every linear layer (in model order), one line per scheme."""
+    recs = [r for r in _quantized(records)
+            if any(v.get("rel_error") for v in r["weight_error"]["layers"].values())]
+    if not recs:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=DPI)
+    cmap = plt.get_cmap("viridis")
+    recs = sorted(recs, key=lambda r: -(r.get("bits_per_weight") or 0))
+    for k, rec in enumerate(recs):
+        layers = rec["weight_error"]["layers"]
+        ys = [v["rel_error"] if v["rel_error"] else float("nan") for v in layers.values()]
+        ax.plot(range(len(ys)), ys, lw=0.9, color=cmap(k / max(len(recs) - 1, 1)),
+                label=rec["name"])
+    ax.set_yscale("log")
+    ax.set_xlabel("linear layer (model order: attention q, k, v, o, then MLP, block by block)")
+    ax.set_ylabel("relative L2 weight error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+PLOTS: tuple[tuple[str, str], ...] = (
+    ("bits_vs_kl.png", "Bits per weight vs KL divergence"),
+    ("bits_vs_ppl.png", "Bits per weight vs perplexity"),
+    ("sym_vs_asym.png", "Symmetric vs asymmetric error by bit width"),
+    ("layer_error.png", "Weight error by layer"),
+)
+
+
+def write_plots(records: Sequence[dict[str, Any]], out: str | Path) -> list[tuple[Path, str]]:
+    """Write every plot that has data into ``out``; (path, title) pairs of those written."""
+    out = Path(out)
+    made = [
+        plot_tradeoff(records, "kld_mean", out / PLOTS[0][0],
+                      ylabel="KL divergence from baseline (mean, nats)", log_y=True),
+        plot_tradeoff(records, "ppl", out / PLOTS[1][0], ylabel="perplexity", log_y=True),
+        plot_sym_asym(records, out / PLOTS[2][0]),
+        plot_layer_error(records, out / PLOTS[3][0]),
+    ]
+    return [(p, title) for p, (_, title) in zip(made, PLOTS) if p is not None]
