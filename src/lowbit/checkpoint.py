@@ -67,10 +67,15 @@ class ShardWriter:
         self.n_shards = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue a tensor; a shard is written first if this one would take it past its size,
+        so memory holds at most about ``shard_bytes`` (or one larger tensor) at a time."""
         if name in self.weight_map or name in self.pending:
             raise ValueError(f"tensor {name!r} written twice")
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + nbytes > self.shard_bytes:
+            self.flush()
         self.pending[name] = tensor.detach().contiguous().cpu()
-        self.pending_bytes += tensor.numel() * tensor.element_size()
+        self.pending_bytes += nbytes
         if self.pending_bytes >= self.shard_bytes:
             self.flush()
 

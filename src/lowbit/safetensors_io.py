@@ -70,14 +70,34 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return dict(sorted(out.items(), key=lambda kv: kv[1].start))
 
 
-def read_tensor(path: str | os.PathLike, info: TensorInfo) -> torch.Tensor:
-    """Read one tensor (a fresh, writable CPU tensor)."""
-    buf = bytearray(info.end - info.start)
+def read_tensor(path: str | os.PathLike, info: TensorInfo, *, dtype: torch.dtype | None = None,
+                chunk_bytes: int = 32 * 2**20) -> torch.Tensor:
+    """Read one tensor (a fresh, writable CPU tensor), converted to ``dtype`` if given.
+
+    A conversion reads ``chunk_bytes`` at a time into the converted result, so reading a large
+    fp32 tensor as fp16 holds the fp16 result and one chunk, never the whole fp32 tensor.
+    """
+    if dtype is None or dtype == info.dtype:
+        return _read_raw(path, info, info.start, info.end).reshape(info.shape)
+    out = torch.empty(info.shape, dtype=dtype)
+    flat = out.view(-1)
+    item = torch.empty((), dtype=info.dtype).element_size()
+    step = max(1, chunk_bytes // item)
+    for first in range(0, flat.numel(), step):
+        last = min(flat.numel(), first + step)
+        flat[first:last] = _read_raw(path, info, info.start + first * item,
+                                     info.start + last * item)
+    return out
+
+
+def _read_raw(path: str | os.PathLike, info: TensorInfo, start: int, end: int) -> torch.Tensor:
+    """Bytes ``start:end`` of the file as a flat tensor of ``info.dtype``."""
+    buf = bytearray(end - start)
     with open(path, "rb") as f:
-        f.seek(info.start)
+        f.seek(start)
         got = f.readinto(buf)
     if got != len(buf):
         raise ValueError(f"{path}: tensor {info.name!r} is truncated")
     if not buf:
-        return torch.empty(info.shape, dtype=info.dtype)
-    return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+        return torch.empty(0, dtype=info.dtype)
+    return torch.frombuffer(buf, dtype=info.dtype)

@@ -96,13 +96,12 @@ def quantize_folder(
                                  f"{type(skeleton).__name__} that config.json describes")
             if name in tied:
                 continue
-            tensor = read_tensor(path, info)
-            if tuple(tensor.shape) != tuple(expected[name].shape):
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+            if tuple(info.shape) != tuple(expected[name].shape):
+                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
                                  f"config.json implies {tuple(expected[name].shape)}")
             layer = name[: -len(".weight")] if name.endswith(".weight") else None
             if layer in plan:
-                w = tensor.to(torch.float32)
+                w = read_tensor(path, info, dtype=torch.float32)
                 qt = quantize_rtn(w, plan[layer], name=layer)
                 for part, t in qt.tensors().items():
                     writer.add(layer + QWEIGHT + part, t)
@@ -115,9 +114,11 @@ def quantize_folder(
                     "exact": report.layers[layer]["exact"],
                 }
                 del w, qt
-            else:
-                writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
-            del tensor
+            else:  # kept: converted to the keep dtype chunk by chunk as it is read
+                floating = info.dtype.is_floating_point
+                tensor = read_tensor(path, info, dtype=keep_dtype if floating else None)
+                writer.add(name, tensor)
+                del tensor
         writer.flush()
         missing = sorted(set(plan) - set(meta["layers"]))
         if missing:
