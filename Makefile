@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(BIN)/lowbit demo
 
 test: $(STAMP) $(LLAMACPP)
+	bash scripts/install_chromium.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
