@@ -1,0 +1,164 @@
+"""lowbit's GGUF export side by side with llama.cpp's own quantizer (`llama_model_quantize`).
+
+For each model, both start from the same F32 GGUF (llama.cpp's dequantization of the shipped
+GGUF, the float baseline lowbit also loads). Each preset is written by llama.cpp and by
+`lowbit.export.to_gguf`; llama.cpp then scores both files on the same token ids (windows of
+512, llama-perplexity's scheme), giving perplexity, KL divergence from the F32 file (mean and
+p99), top-1 agreement with it, and transformers' perplexity on the weights read back from
+lowbit's file ("lowbit ppl"). Writes benchmarks/results/gguf_vs_llamacpp.md atomically.
+
+    .venv/bin/python benchmarks/gguf_vs_llamacpp.py [--models gemma-3-270m smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q2_K")
+TEXT = "sotu-2000-2015.txt"
+RESULTS = Path(__file__).parent / "results" / "gguf_vs_llamacpp.md"
+
+
+def llamacpp_scores(path: Path, windows, threads: int) -> list[torch.Tensor]:
+    """llama.cpp's logits of the scored rows of every window (float32)."""
+    from lowbit.export.check import LlamaCppModel
+
+    out = []
+    with LlamaCppModel(path, n_ctx=windows.context, threads=threads) as m:
+        for i in tqdm(range(len(windows)), desc=f"llama.cpp {path.name}", leave=False):
+            out.append(m(windows.input_ids(i))[0, windows.windows[i].logit_rows].clone())
+    return out
+
+
+def metrics(base: list[torch.Tensor], quant: list[torch.Tensor], windows) -> dict:
+    from lowbit.eval import kl_rows
+    from lowbit.eval.perplexity import token_nll
+
+    kls, same, nll = [], 0, []
+    for i, (b, q) in enumerate(zip(base, quant, strict=True)):
+        kl, s = kl_rows(b, q)
+        kls.append(kl.numpy())
+        same += int(s.sum())
+        nll.append(token_nll(q, windows.targets(i)).numpy())
+    kl = np.concatenate(kls)
+    return {"ppl": float(np.exp(np.concatenate(nll).mean())), "kl": float(kl.mean()),
+            "kl99": float(np.quantile(kl, 0.99)), "top1": same / kl.size}
+
+
+def hf_perplexity(path: Path, windows) -> float:
+    """transformers' perplexity on the weights of a GGUF (read with the gguf package)."""
+    from lowbit.eval import perplexity
+    from lowbit.models import load_model
+
+    model, _ = load_model(path)
+    ppl = perplexity(model, windows, progress=False).perplexity
+    del model
+    return ppl
+
+
+def same_tensor_bytes(a: Path, b: Path) -> bool:
+    from lowbit.export.check import read_gguf_bytes
+
+    x, y = read_gguf_bytes(a), read_gguf_bytes(b)
+    return list(x) == list(y) and all(
+        x[n][0] == y[n][0] and np.array_equal(x[n][1], y[n][1]) for n in y)
+
+
+def run_model(name: str, work: Path, max_tokens: int, threads: int) -> list[list]:
+    from transformers import AutoTokenizer
+
+    from lowbit.data import read_text
+    from lowbit.eval import make_windows
+    from lowbit.export import to_gguf
+    from lowbit.models import BUILTINS, ensure_builtin
+    from lowbit.runtimes.llamacpp import quantize_gguf
+
+    orig = Path(BUILTINS[name].fetch(work))
+    f32 = work / f"{name}-F32.gguf"
+    quantize_gguf(orig, f32, "F32", threads=threads, allow_requantize=True)
+    tok = AutoTokenizer.from_pretrained(ensure_builtin(name))
+    windows = make_windows(tok, read_text(TEXT), context=512, max_tokens=max_tokens)
+    base = llamacpp_scores(f32, windows, threads)
+    n_weights = None
+    rows = []
+    for preset in tqdm(PRESETS, desc=name):
+        theirs, ours = work / f"{name}-{preset}-llamacpp.gguf", work / f"{name}-{preset}.gguf"
+        t0 = time.perf_counter()
+        quantize_gguf(f32, theirs, preset, threads=threads)
+        t_theirs = time.perf_counter() - t0
+        report = to_gguf(f32, ours, qtype=preset, force=True)
+        n_weights = report.n_elements
+        m_ours = metrics(base, llamacpp_scores(ours, windows, threads), windows)
+        identical = same_tensor_bytes(ours, theirs)
+        m_theirs = m_ours if identical else metrics(
+            base, llamacpp_scores(theirs, windows, threads), windows)
+        hf_ppl = hf_perplexity(ours, windows)
+        for who, path, m, secs in (("llama.cpp", theirs, m_theirs, t_theirs),
+                                   ("lowbit", ours, m_ours, report.seconds)):
+            size = path.stat().st_size
+            rows.append([name, preset, who, f"{size / 1e6:.1f}", f"{size * 8 / n_weights:.3f}",
+                         f"{m['ppl']:.4f}", f"{m['kl']:.5f}", f"{m['kl99']:.4f}",
+                         f"{m['top1']:.2%}", f"{secs:.1f}",
+                         "yes" if identical else "no",
+                         f"{hf_ppl:.4f} ({(m['ppl'] / hf_ppl - 1):+.2%})" if who == "lowbit"
+                         else ""])
+        for p in (theirs, ours):
+            p.unlink()
+    base_ppl = metrics(base, base, windows)["ppl"]
+    rows.insert(0, [name, "F32", "llama.cpp", f"{f32.stat().st_size / 1e6:.1f}",
+                    f"{f32.stat().st_size * 8 / n_weights:.3f}", f"{base_ppl:.4f}", "0", "0",
+                    "100.00%", "", "", ""])
+    rows.append([name, "", "", "", "", "", "", "", "", "", "",
+                 f"scored {windows.n_scored} tokens in {len(windows)} windows of 512"])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["gemma-3-270m", "smollm2-135m"])
+    ap.add_argument("--max-tokens", type=int, default=4096, help="token stream length")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, args.threads))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gguf-bench-") as tmp:
+        for name in args.models:
+            rows += run_model(name, Path(tmp), args.max_tokens, args.threads)
+    head = ["model", "type", "quantizer", "MB", "bits/weight", "ppl (llama.cpp)",
+            "KL mean", "KL p99", "top-1 vs F32", "quantize s", "same bytes",
+            "lowbit ppl (transformers, gap)"]
+    lines = [
+        "# lowbit GGUF export vs llama.cpp's quantizer",
+        "",
+        f"Produced by `benchmarks/gguf_vs_llamacpp.py` on {TEXT} (windows of 512 tokens, "
+        "llama-perplexity's scheme: second half of each window scored). Both quantizers start "
+        "from the same F32 GGUF; llama.cpp (llama-cpp-python 0.3.36, 1 thread) computes every "
+        "perplexity, KL divergence and top-1 agreement against the F32 file's logits. 'same "
+        "bytes': every tensor of the two files has the same type and bytes (then llama.cpp's "
+        "numbers are the same run). 'lowbit ppl': transformers on the weights read back from "
+        "lowbit's file, and llama.cpp's gap to it. Quantize time for lowbit includes loading "
+        "the F32 GGUF through transformers; llama.cpp's is its C++ quantizer alone. bits/weight "
+        "counts the whole file (metadata and tokenizer included) over all tensor elements.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(map(str, r)) + " |" for r in rows),
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, RESULTS)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
