@@ -29,16 +29,18 @@ DEMO_SCHEMES: tuple[str, ...] = (
 
 #: Cut to fit 30 minutes on 2 cores (Gemma's 262k vocabulary makes each scored token's logits
 #: 1 MB): 512 tokens of each evaluation text in windows of 256 (254 scored tokens per text) and
-#: the first 20 general-knowledge questions. Speed is not measured here: lowbit's reference
-#: QuantLinear dequantizes every weight at each forward (about 14 CPU-seconds for Gemma's
-#: 100M linear weights), so a decode probe would take minutes per row and measure that
-#: dequantization, not the format; ``lowbit eval --json`` measures it for one model.
-DEMO_SETTINGS = EvalSettings(context=256, max_tokens=512, max_questions=20, speed=False)
+#: the first 10 general-knowledge questions (each question scores 6 choices through the 262k-way
+#: head: about 2.5 CPU-seconds a question, the largest cost per row after the texts).
+#: Speed is not measured here: lowbit's reference QuantLinear dequantizes every weight at each
+#: forward (about 14 CPU-seconds for Gemma's 100M linear weights), so a decode probe would take
+#: minutes per row and measure that dequantization, not the format; ``lowbit eval`` measures it
+#: for one model.
+DEMO_SETTINGS = EvalSettings(context=256, max_tokens=512, max_questions=10, speed=False)
 
 DEFAULT_OUT = "out/demo"
-PUBLISHED = ("results.md", "results.csv", "bits_vs_kl.png", "bits_vs_ppl.png", "sym_vs_asym.png",
-             "layer_error.png", "report.html")
-PUBLISH_MAX_BYTES = 600_000  # a committed report.html stays small; larger ones are left out
+PUBLISHED = ("results.md", "claims.md", "results.csv", "bits_vs_kl.png", "bits_vs_ppl.png",
+             "sym_vs_asym.png", "layer_error.png", "report.html")
+PUBLISH_MAX_BYTES = 400_000  # a committed report.html stays small; larger ones are left out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,16 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default=DEFAULT_OUT,
                    help=f"folder for results and report (default {DEFAULT_OUT}); a rerun resumes")
     p.add_argument("--publish", metavar="DIR", default=None,
-                   help="also copy the table, plots and report (and a browser screenshot of the "
-                        "report when chromium is installed) into DIR")
+                   help="also copy the table, the plots and (when small) the report into DIR")
+    p.add_argument("--screenshot", metavar="PNG", default=None,
+                   help="save a headless-chromium screenshot of the report here")
     p.add_argument("--force", action="store_true", help="start afresh, ignoring earlier results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def publish(out: Path, dest: Path) -> list[Path]:
-    """Copy the demo's small outputs into ``dest`` and screenshot the report there."""
-    from lowbit.report.browser import find_chromium, screenshot
-
+    """Copy the demo's small outputs into ``dest`` (report.html only when small)."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in PUBLISHED:
@@ -63,9 +64,45 @@ def publish(out: Path, dest: Path) -> list[Path]:
         if src.is_file() and src.stat().st_size <= PUBLISH_MAX_BYTES:
             shutil.copyfile(src, dest / name)
             copied.append(dest / name)
-    if find_chromium() is not None:
-        copied.append(screenshot(out / "report.html", dest / "report_screenshot.png"))
     return copied
+
+
+def _summary(records: list[dict], name: str) -> dict | None:
+    return next((r["summary"] for r in records if r["name"] == name and r.get("summary")), None)
+
+
+def check_claims(records: list[dict]) -> list[str]:
+    """The seed article's three claims, each judged on the measured rows (Markdown lines)."""
+    lines = ["# The seed article's claims, measured", ""]
+    eight = [(n, _summary(records, n)) for n in ("int8-sym-channel", "int8-asym-channel")]
+    eight = [(n, s) for n, s in eight if s]
+    if eight:
+        ok = all(s["ppl_change"] < 0.001 for _, s in eight)
+        figs = ", ".join(f"{n} {100 * s['ppl_change']:+.3f}%" for n, s in eight)
+        lines.append(f"- 8-bit adds under 0.1% perplexity: {'CONFIRMED' if ok else 'NOT CONFIRMED'}"
+                     f" ({figs}).")
+    pairs = []
+    for gran in ("channel", "g32", "g64", "g128", "g256"):
+        sym, asym = _summary(records, f"int4-sym-{gran}"), _summary(records, f"int4-asym-{gran}")
+        if sym and asym:
+            pairs.append((gran, sym, asym))
+    if pairs:
+        wins = [g for g, s, a in pairs if a["kld_mean"] < s["kld_mean"] and a["ppl"] < s["ppl"]]
+        verdict = ("CONFIRMED" if len(wins) == len(pairs) else
+                   "PARTLY CONFIRMED" if wins else "NOT CONFIRMED")
+        figs = "; ".join(f"{g}: KL {s['kld_mean']:.3g} sym vs {a['kld_mean']:.3g} asym, PPL "
+                         f"{s['ppl']:.2f} vs {a['ppl']:.2f}" for g, s, a in pairs)
+        lines.append(f"- 4-bit asymmetric beats symmetric (lower KL and perplexity at the same "
+                     f"granularity): {verdict}, {len(wins)}/{len(pairs)} granularities ({figs}).")
+    two = [(n, _summary(records, n)) for n in ("int2-sym-g64", "int2-asym-g64")]
+    two = [(n, s) for n, s in two if s]
+    if two:
+        ok = all(s["ppl_change"] > 1.0 for _, s in two)
+        figs = "; ".join(f"{n} PPL {s['ppl']:.3g} ({100 * s['ppl_change']:+.3g}%), top-1 "
+                         f"{100 * s['top1_agreement']:.0f}%" for n, s in two)
+        lines.append(f"- 2-bit collapses (taken here as: perplexity more than doubles): "
+                     f"{'CONFIRMED' if ok else 'NOT CONFIRMED'} ({figs}).")
+    return lines
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -81,6 +118,9 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     wall = time.perf_counter() - t0
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
+    claims = "\n".join(check_claims(result.records)) + "\n"
+    (out / "claims.md").write_text(claims, encoding="utf-8")
+    sys.stdout.write("\n" + claims)
     sys.stdout.write(f"\n{len(result.ran)} rows evaluated now, "
                      f"{len(result.records) - len(result.ran)} from earlier runs; "
                      f"wall time {wall / 60:.1f} min\n")
@@ -89,4 +129,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "publish", None):
         copied = publish(out, Path(args.publish))
         sys.stdout.write("published: " + ", ".join(str(p) for p in copied) + "\n")
+    if getattr(args, "screenshot", None):
+        from lowbit.report.browser import screenshot
+
+        png = screenshot(result.report_html, args.screenshot)
+        sys.stdout.write(f"screenshot: {png}\n")
     return 0

@@ -42,3 +42,11 @@ def small_settings() -> EvalSettings:
     """Two texts of 256 byte-tokens in windows of 64, three questions, a tiny speed probe."""
     return EvalSettings(context=64, max_tokens=256, speed=True, speed_prompt_tokens=8,
                         speed_new_tokens=2, speed_repeats=1)
+
+
+@pytest.fixture
+def fast_settings(small_settings: EvalSettings) -> EvalSettings:
+    """``small_settings`` without the speed probe (for tests about bookkeeping, not figures)."""
+    from dataclasses import replace
+
+    return replace(small_settings, speed=False)

@@ -89,3 +89,15 @@ def test_pareto_front_on_hand_made_points():
     # (4.0, 0.10) points dominate neither each other, so both stay
     assert pareto_front(pts) == [True, True, False, True, False, True, True]
     assert pareto_front([]) == []
+
+
+def test_sweep_command_prints_the_table(tiny_hf_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(tiny_hf_dir), "--schemes", "int8-sym-channel", "-o", str(out),
+            "--context", "64", "--max-tokens", "128", "--no-speed", "--no-progress",
+            "--no-baseline-rows"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| int8-sym-channel |" in printed and "1 rows evaluated now" in printed
+    assert main(args) == 0  # a rerun finds the row done
+    assert "0 rows evaluated now, 1 from earlier runs" in capsys.readouterr().out

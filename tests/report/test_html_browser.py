@@ -25,10 +25,10 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def test_report_renders_in_chromium(tiny_llama, data_dir, small_settings, tmp_path):
+def test_report_renders_in_chromium(tiny_llama, data_dir, fast_settings, tmp_path):
     out = tmp_path / "sweep"
     res = run_sweep("tiny-llama", ["int8-sym-channel", "int4-asym-g32"], out,
-                    settings=small_settings, progress=False, loaded=tiny_llama)
+                    settings=fast_settings, progress=False, loaded=tiny_llama)
     page = res.report_html.read_text()
     assert "<script" not in page  # self-contained and static; the probe goes into a copy
     probe = out / "probe.html"

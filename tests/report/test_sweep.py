@@ -66,7 +66,8 @@ def test_sweep_writes_records_tables_and_report(tiny_llama, data_dir, small_sett
     assert not (out / "base-logits").exists()  # removed once the sweep is complete
 
 
-def test_rerun_resumes_and_skips_done_rows(tiny_llama, data_dir, small_settings, tmp_path):
+def test_rerun_resumes_and_skips_done_rows(tiny_llama, data_dir, fast_settings, tmp_path):
+    small_settings = fast_settings
     out = tmp_path / "sweep"
     first = sweep(tiny_llama, out, small_settings, schemes=SCHEMES[:1])
     assert first.ran == [BASELINE_LABEL, KEPT16_LABEL, SCHEMES[0]]
@@ -82,9 +83,10 @@ def test_rerun_resumes_and_skips_done_rows(tiny_llama, data_dir, small_settings,
     assert sweep(tiny_llama, out, small_settings).ran == []
 
 
-def test_rerun_with_other_settings_is_refused(tiny_llama, data_dir, small_settings, tmp_path):
+def test_rerun_with_other_settings_is_refused(tiny_llama, data_dir, fast_settings, tmp_path):
     from dataclasses import replace
 
+    small_settings = fast_settings
     out = tmp_path / "sweep"
     sweep(tiny_llama, out, small_settings, schemes=SCHEMES[:1], baseline_rows=False)
     with pytest.raises(ValueError, match="other settings"):
@@ -92,8 +94,9 @@ def test_rerun_with_other_settings_is_refused(tiny_llama, data_dir, small_settin
               baseline_rows=False)
 
 
-def test_weights_already_on_the_grid_are_marked_artifact(tiny_llama, data_dir, small_settings,
+def test_weights_already_on_the_grid_are_marked_artifact(tiny_llama, data_dir, fast_settings,
                                                          tmp_path):
+    small_settings = fast_settings
     model, tok = tiny_llama
     with torch.no_grad():
         for name, m in model.named_modules():

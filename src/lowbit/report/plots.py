@@ -13,6 +13,27 @@ from typing import Any
 from lowbit.eval.suite import summary_row
 
 DPI = 90
+CLIP = 10.0  # perplexity plots: rows above CLIP x the baseline's are drawn at that height
+
+
+def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]]) -> None:
+    """Annotate points, moving a label down (with a leader line) while it would overlap one
+    already placed; positions are worked out in pixels after the axes' limits are set."""
+    ax.figure.canvas.draw()
+    to_px = ax.transData.transform
+    placed: list[tuple[float, float, float]] = []  # x0, x1, y of each placed label (pixels)
+    step, char_w = 9.0, 4.2  # label height and mean character width at fontsize 7, pixels
+    for x, y, text in sorted(labels, key=lambda t: -to_px((t[0], t[1]))[1]):
+        px, py = to_px((x, y))
+        x0, x1, ty = px + 5, px + 5 + char_w * len(text), py + 2
+        while any(a < x1 and x0 < b and abs(ty - c) < step for a, b, c in placed):
+            ty -= step
+        placed.append((x0, x1, ty))
+        moved = abs(ty - (py + 2)) > 0.5
+        ax.annotate(text, (x, y), xytext=(5, ty - py), textcoords="offset pixels",
+                    fontsize=7, va="bottom",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if moved
+                    else None)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -52,17 +73,31 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     if not rows:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(9, 5.6), dpi=DPI)
     pts = [(r["bits_per_weight"], r[metric]) for r in rows]
     front = pareto_front(pts)
+    # Perplexity: rows past CLIP x the baseline's are drawn at that height (marked ^, value in
+    # the label) so that a collapsed format does not squash the others into one line.
+    cap = None
+    base_ppl = [summary_row(r)["ppl"] for r in records
+                if r.get("baseline") and summary_row(r).get("ppl")]
+    if metric == "ppl" and base_ppl and max(p[1] for p in pts) > CLIP * base_ppl[0]:
+        cap = CLIP * base_ppl[0]
+    labels = []
     for r, on in zip(rows, front):
         x, y = r["bits_per_weight"], r[metric]
-        hollow = r["artifact"]
-        ax.scatter([x], [y], s=46 if on else 26, zorder=3,
-                   facecolors="none" if hollow else ("C3" if on else "C0"),
+        text = r["name"] + (" (artifact)" if r["artifact"] else "")
+        if cap is not None and y > cap:
+            text += f" (PPL {y:.3g}, off scale)"
+            y = cap
+        ax.scatter([x], [y], s=46 if on else 26, zorder=3, marker="^" if y == cap else "o",
+                   facecolors="none" if r["artifact"] else ("C3" if on else "C0"),
                    edgecolors="C3" if on else "C0")
-        ax.annotate(r["name"] + (" (artifact)" if hollow else ""), (x, y), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        labels.append((x, y, text))
+    if cap is not None:
+        pts = [(x, min(y, cap)) for x, y in pts]
+    if log_y:
+        ax.set_yscale("log")
     fx = sorted((p for p, on in zip(pts, front) if on))
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "-", color="C3", lw=1.2, zorder=2,
             label="Pareto front (fewer bits, lower " + ylabel.split(" (")[0] + ")")
@@ -74,15 +109,15 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
             ax.axhline(y, ls="--", lw=0.8, color="grey")
             ax.annotate(b["name"], (min(p[0] for p in pts), y), fontsize=7, color="grey",
                         xytext=(0, 3), textcoords="offset points")
-    if log_y:
-        from matplotlib.ticker import LogLocator, ScalarFormatter
+    if log_y and metric == "ppl":
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-        ax.set_yscale("log")
-        if metric == "ppl":
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter(useOffset=False))
-            ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
+    ax.set_xlim(lo - 0.05 * (hi - lo) - 0.1, hi + 0.25 * (hi - lo) + 0.5)  # room for labels
+    _place_labels(fig, ax, labels)
     ax.set_xlabel("bits per weight (linear layers)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -76,6 +76,8 @@ def sort_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _fmt(v: Any, spec: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
+    if isinstance(v, float) and spec.endswith("f") and abs(v) >= 1e5:  # a collapsed model
+        return format(v, spec[0] + ".2e" if spec[0] == "+" else ".2e")
     return format(v, spec)
 
 

@@ -194,6 +194,7 @@ def write_report(records: Sequence[dict[str, Any]], out: str | Path, *, title: s
     from lowbit.report.plots import write_plots
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
     md.write_text(render_markdown(records, title=title), encoding="utf-8")
     csv_path = write_csv(records, out / "results.csv")
