@@ -68,15 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(handler=_cmd_schemes)
 
-    from lowbit.commands import models as model_commands
-
-    model_commands.add_parsers(sub)
-
     from lowbit.commands import evaluate as eval_commands
+    from lowbit.commands import export as export_commands
+    from lowbit.commands import models as model_commands
     from lowbit.commands import sweep as sweep_commands
 
+    model_commands.add_parsers(sub)
     eval_commands.add_parsers(sub)
     sweep_commands.add_parsers(sub)
+    export_commands.add_parsers(sub)
 
     from lowbit.demo import add_arguments as add_demo_arguments
 
