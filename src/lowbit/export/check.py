@@ -23,6 +23,7 @@ class LlamaCppModel(torch.nn.Module):
         from lowbit.runtimes.llamacpp import LlamaCpp
 
         self.llm = LlamaCpp(path, n_ctx=n_ctx, threads=threads)
+        self.eval()  # inference only: llama.cpp has no training mode
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.ndim != 2 or input_ids.shape[0] != 1:
