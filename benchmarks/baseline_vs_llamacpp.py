@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit import data
+from lowbit.atomic import write_text_atomic
 from lowbit.eval import make_windows, perplexity
 from lowbit.models import BUILTINS, load_model
 from lowbit.runtimes import llamacpp
@@ -95,7 +96,7 @@ def main() -> int:
         f"Relative difference: {100 * rel:+.4f}% ({verdict}).",
         "",
     ]
-    OUT.write_text("\n".join(lines))
+    write_text_atomic(OUT, "\n".join(lines))
     print("\n".join(lines))
     return 0 if abs(rel) < 0.01 and same == len(ours_ids) else 1
 

@@ -13,7 +13,6 @@ lowbit's file ("lowbit ppl"). Writes benchmarks/results/gguf_vs_llamacpp.md atom
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from lowbit.atomic import write_text_atomic
 
 PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q2_K")
 TEXT = "sotu-2000-2015.txt"
@@ -154,9 +155,7 @@ def main() -> None:
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, RESULTS)
+    write_text_atomic(RESULTS, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lowbit.atomic import write_text_atomic
+
 RESULTS = Path(__file__).parent / "results" / "quantize_throughput.md"
 LOWBIT_SCHEMES = ["int8-sym-channel", "int8-sym-g32", "int4-sym-g32", "int4-asym-g128",
                   "nf4-g64", "fp8-e4m3-channel", "mxfp4", "nvfp4"]
@@ -99,10 +101,7 @@ def main() -> None:
                                for t in args.threads) + f" ({COMPARABLE[name]})"
         extra = max(r["extra_kib"] for r in by_threads.values()) * 1024 / 1e6
         lines.append(f"| {label} | {speeds} | {ratio} | {extra:.0f} | {extra / input_mb:.2f} |")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(args.output)
+    write_text_atomic(args.output, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

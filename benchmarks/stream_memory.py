@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.atomic import write_text_atomic
+
 RESULTS = Path(__file__).parent / "results" / "stream_memory.md"
 SCHEME = "int4-asym-g128"
 SHARD_BYTES = 500 * 10**6
@@ -165,10 +167,7 @@ def main() -> None:
     if compared is not None:
         verdict = "identical" if differ == 0 else f"{differ} differ"
         lines.append(f"Streamed vs in-memory checkpoint: {compared} tensors compared, {verdict}.")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(args.output)
+    write_text_atomic(args.output, "\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.atomic import write_text_atomic
+
 RESULTS = Path(__file__).parent / "results" / "weight_error.md"
 MODELS = ["smollm2-135m", "gemma-3-270m"]
 BITS = [8, 5, 4, 3, 2]
@@ -77,7 +79,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     write_report(results, args.models, args.output, seconds)
     raw = args.output.with_suffix(".json")
-    raw.write_text(json.dumps(results, indent=1))
+    write_text_atomic(raw, json.dumps(results, indent=1))
 
 
 def _cell(r: dict) -> str:
@@ -124,10 +126,7 @@ def write_report(results: dict, models: list[str], out: Path, seconds: float) ->
             r = results[scheme][m]
             cells += [f"{r['bits_per_weight']:.3f}", _cell(r)]
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lowbit.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- results:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -34,10 +36,7 @@ def main() -> None:
             f"*(not yet produced: run the script that writes `{m.group('path')}`)*\n"
         return m.group(1) + body + m.group(4)
 
-    new = BLOCK.sub(fill, text)
-    tmp = readme.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
+    write_text_atomic(readme, BLOCK.sub(fill, text))
 
 
 if __name__ == "__main__":

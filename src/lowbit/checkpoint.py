@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from lowbit.atomic import write_text_atomic
 from lowbit.qtensor import QTensor
 from lowbit.scheme import Scheme
 
@@ -120,9 +121,7 @@ def atomic_folder(out: Path, *, force: bool) -> Iterator[Path]:
 
 def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
     """Write ``lowbit.json`` (the last file of a checkpoint)."""
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    tmp.replace(folder / META_FILE)
+    write_text_atomic(folder / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
 
 
 def base_metadata(source: dict | None, keep_dtype: torch.dtype, config: Any) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from lowbit.atomic import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOWBIT_CACHE"
@@ -161,17 +163,7 @@ def _read_hash_cache() -> dict[str, dict]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _combined_sha256(files: tuple[Path, ...]) -> str:
