@@ -19,7 +19,7 @@ Layout, for a weight of shape (out_features, in_features) and a scheme with G gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -148,7 +148,3 @@ def _expand(s: torch.Tensor, out_f: int, in_f: int, group: int, scheme: Scheme) 
         return s  # (1, 1) or (out, 1): broadcasts as is
     return s.repeat_interleave(group, dim=1)[:, :in_f]
 
-
-def qtensor_fields() -> tuple[str, ...]:
-    """Names of the tensor fields of a QTensor, in storage order."""
-    return tuple(f.name for f in fields(QTensor) if f.name in _TENSOR_FIELDS)

@@ -53,9 +53,3 @@ def to_groups(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
         w = torch.cat([w, w[:, -1:].expand(out_f, pad)], dim=1)
     return w.reshape(out_f, -1, n)
 
-
-def from_groups(g: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`to_groups` (dropping block padding)."""
-    out_f, in_f = shape
-    return g.reshape(g.shape[0], -1)[:, :in_f].reshape(out_f, in_f) if g.shape[0] > 1 else \
-        g.reshape(-1)[: out_f * in_f].reshape(out_f, in_f)
