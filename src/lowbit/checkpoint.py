@@ -139,6 +139,15 @@ def base_metadata(source: dict | None, keep_dtype: torch.dtype, config: Any) -> 
     }
 
 
+def layer_entry(qt: QTensor, *, bias: bool, info: dict | None = None) -> dict[str, Any]:
+    """A quantized layer's record in ``lowbit.json``: scheme, shape, sizes, and its weight
+    error when known (``info``: the layer's entry of a QuantizeReport)."""
+    entry = {"scheme": qt.scheme.to_json(), "shape": list(qt.shape), "bias": bias,
+             "nbytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
+    entry.update({k: v for k, v in (info or {}).items() if k in ("rel_error", "exact")})
+    return entry
+
+
 def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
                               generation_config: Any | None = None) -> None:
     config.save_pretrained(folder)
@@ -179,12 +188,8 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
             writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
         writer.flush()
         for name, q in qlayers.items():
-            info = {"scheme": q.scheme.to_json(), "shape": [q.out_features, q.in_features],
-                    "bias": q.bias is not None, "nbytes": q.qweight.nbytes,
-                    "bits_per_weight": q.qweight.bits_per_weight}
-            info.update({k: v for k, v in (layer_info or {}).get(name, {}).items()
-                         if k in ("rel_error", "exact")})
-            meta["layers"][name] = info
+            meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None,
+                                               info=(layer_info or {}).get(name))
         meta["tensors"] = writer.weight_map
         meta["aliases"] = aliases
         save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,

@@ -23,6 +23,7 @@ from lowbit.checkpoint import (
     ShardWriter,
     atomic_folder,
     base_metadata,
+    layer_entry,
     save_config_and_tokenizer,
     write_metadata,
 )
@@ -106,13 +107,8 @@ def quantize_folder(
                 for part, t in qt.tensors().items():
                     writer.add(layer + QWEIGHT + part, t)
                 report.add(layer, plan[layer], qt.shape, qt.nbytes, weight_error(w, qt, layer))
-                meta["layers"][layer] = {
-                    "scheme": plan[layer].to_json(), "shape": list(qt.shape),
-                    "bias": layer + ".bias" in expected, "nbytes": qt.nbytes,
-                    "bits_per_weight": qt.bits_per_weight,
-                    "rel_error": report.layers[layer]["rel_error"],
-                    "exact": report.layers[layer]["exact"],
-                }
+                meta["layers"][layer] = layer_entry(qt, bias=layer + ".bias" in expected,
+                                                    info=report.layers[layer])
                 del w, qt
             else:  # kept: converted to the keep dtype chunk by chunk as it is read
                 floating = info.dtype.is_floating_point
