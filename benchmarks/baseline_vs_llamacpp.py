@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from lowbit import data
-from lowbit.atomic import write_text_atomic
 from lowbit.eval import make_windows, perplexity
 from lowbit.models import BUILTINS, load_model
 from lowbit.runtimes import llamacpp
+from lowbit.storage.atomic import write_text_atomic
 
 TEXT = data.DEFAULT_EVAL_TEXT
 N_CTX = 256

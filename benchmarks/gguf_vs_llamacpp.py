@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lowbit.atomic import write_text_atomic
+from lowbit.storage.atomic import write_text_atomic
 
 PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q2_K")
 TEXT = "sotu-2000-2015.txt"
@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results" / "gguf_vs_llamacpp.md"
 
 def llamacpp_scores(path: Path, windows, threads: int) -> list[torch.Tensor]:
     """llama.cpp's logits of the scored rows of every window (float32)."""
-    from lowbit.export.check import LlamaCppModel
+    from lowbit.runtimes.llamacpp_model import LlamaCppModel
 
     out = []
     with LlamaCppModel(path, n_ctx=windows.context, threads=threads) as m:

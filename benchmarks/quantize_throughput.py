@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lowbit.atomic import write_text_atomic
+from lowbit.storage.atomic import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results" / "quantize_throughput.md"
 LOWBIT_SCHEMES = ["int8-sym-channel", "int8-sym-g32", "int4-sym-g32", "int4-asym-g128",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.atomic import write_text_atomic
+from lowbit.storage.atomic import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results" / "stream_memory.md"
 SCHEME = "int4-asym-g128"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.atomic import write_text_atomic
+from lowbit.storage.atomic import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results" / "weight_error.md"
 MODELS = ["smollm2-135m", "gemma-3-270m"]

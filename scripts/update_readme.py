@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lowbit.atomic import write_text_atomic
+from lowbit.storage.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- results:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)

@@ -7,8 +7,8 @@ import math
 
 import torch
 
+from lowbit.core.scheme import Scheme
 from lowbit.formats import IntFormat
-from lowbit.scheme import Scheme
 
 
 def groups_of(w: torch.Tensor, scheme: Scheme) -> list[tuple[tuple[int, int], torch.Tensor]]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit import checkpoint
-from lowbit.checkpoint import META_FILE
+from lowbit.storage import checkpoint
+from lowbit.storage.checkpoint import META_FILE
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for lowbit.generation: greedy and sampled decoding, KV cache use, streaming, EOS."""
+"""Tests for lowbit.models.generation: greedy and sampled decoding, KV cache use, streaming, EOS."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowbit.generation import IncrementalDecoder, generate, sample_next
+from lowbit.models.generation import IncrementalDecoder, generate, sample_next
 
 PROMPT = "The quick brown fox"
 

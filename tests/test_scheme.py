@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import get_format
-from lowbit.scheme import (
+from lowbit.core.scheme import (
     ALIASES,
     ELEMENT_FORMATS,
     MAX_BLOCK,
@@ -19,6 +18,7 @@ from lowbit.scheme import (
     Outliers,
     Scheme,
 )
+from lowbit.formats import get_format
 
 # the names the issue asks for; each must parse and print back unchanged
 NAMES = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.safetensors_io import read_header, read_tensor
-from lowbit.stream import quantize_folder
+from lowbit.pipeline.streaming import quantize_folder
+from lowbit.storage.safetensors_io import read_header, read_tensor
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:

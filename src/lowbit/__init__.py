@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from lowbit.core.qtensor import QTensor
+    from lowbit.core.scheme import Scheme
     from lowbit.eval.weights import WeightError, weight_error
     from lowbit.formats import get_format
-    from lowbit.qtensor import QTensor
-    from lowbit.scheme import Scheme
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "formats": ("lowbit.formats", None),
     "get_format": ("lowbit.formats", "get_format"),
-    "QTensor": ("lowbit.qtensor", "QTensor"),
-    "Scheme": ("lowbit.scheme", "Scheme"),
+    "QTensor": ("lowbit.core.qtensor", "QTensor"),
+    "Scheme": ("lowbit.core.scheme", "Scheme"),
     "WeightError": ("lowbit.eval.weights", "WeightError"),
     "weight_error": ("lowbit.eval.weights", "weight_error"),
 }
@@ -52,18 +52,18 @@ def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weigh
 def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
     """Replace a model's nn.Linear layers by packed QuantLinear layers, in place.
 
-    See :func:`lowbit.quantize_model.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
+    See :func:`lowbit.pipeline.inmemory.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
     """
-    from lowbit.quantize_model import quantize as _quantize
+    from lowbit.pipeline.inmemory import quantize as _quantize
 
     return _quantize(model, scheme, **kwargs)
 
 
 def load_model(source: str, **kwargs: Any):
     """Load a Hugging Face folder, a GGUF file or a built-in model as (model, tokenizer)."""
-    from lowbit.checkpoint import is_checkpoint
-    from lowbit.checkpoint import load as _load
     from lowbit.models import load_model as _load_model
+    from lowbit.storage.checkpoint import is_checkpoint
+    from lowbit.storage.checkpoint import load as _load
 
     if is_checkpoint(source):
         return _load(source, **kwargs)
@@ -72,21 +72,21 @@ def load_model(source: str, **kwargs: Any):
 
 def save(model: torch.nn.Module, out: str, **kwargs: Any):
     """Save a quantized model as a lowbit checkpoint folder (atomically)."""
-    from lowbit.checkpoint import save as _save
+    from lowbit.storage.checkpoint import save as _save
 
     return _save(model, out, **kwargs)
 
 
 def load(folder: str, **kwargs: Any):
     """Load a lowbit checkpoint as (model, tokenizer)."""
-    from lowbit.checkpoint import load as _load
+    from lowbit.storage.checkpoint import load as _load
 
     return _load(folder, **kwargs)
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any) -> str:
-    """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.generation`."""
-    from lowbit.generation import generate as _generate
+    """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.models.generation`."""
+    from lowbit.models.generation import generate as _generate
 
     return _generate(model, tokenizer, prompt, **kwargs)
 

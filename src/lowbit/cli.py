@@ -23,8 +23,8 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
     import torch
 
     from lowbit import quantize_tensor
+    from lowbit.core.scheme import Scheme
     from lowbit.report.table import render_table
-    from lowbit.scheme import Scheme
 
     rows = []
     w = torch.zeros(256, 4096)  # bits per weight depend only on the shape
@@ -47,7 +47,7 @@ COMMON_SCHEMES = [
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from lowbit.demo import run_demo
+    from lowbit.commands.demo import run_demo
 
     return run_demo(args)
 
@@ -78,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_commands.add_parsers(sub)
     export_commands.add_parsers(sub)
 
-    from lowbit.demo import add_arguments as add_demo_arguments
+    from lowbit.commands.demo import add_arguments as add_demo_arguments
 
-    p = sub.add_parser("demo", help="the seed article's experiment on Gemma-3-270M: table and "
-                                    "report")
+    p = sub.add_parser("demo", help='the experiment of the article "Quantization from the ground '
+                                    'up" (ngrok blog, 2026) on Gemma-3-270M: table and report')
     add_demo_arguments(p)
     p.set_defaults(handler=_cmd_demo)
     return parser

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.qtensor import QTensor
-from lowbit.scheme import Scheme
+from lowbit.core.qtensor import QTensor
+from lowbit.core.scheme import Scheme
 
 
 class QuantLinear(nn.Module):

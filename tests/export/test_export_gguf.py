@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from lowbit import ggml
-from lowbit.checkpoint import save
 from lowbit.export import to_gguf
 from lowbit.export.check import read_gguf_bytes, read_gguf_tensors
 from lowbit.export.gguf_metadata import float_layout, gguf_name, row_permutation
 from lowbit.models import load_model
-from lowbit.quantize_model import quantize
+from lowbit.pipeline.inmemory import quantize
 from lowbit.runtimes import llamacpp
+from lowbit.storage.checkpoint import save
 
 LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 needs_llamacpp = pytest.mark.skipif(

@@ -23,8 +23,8 @@ def test_smollm2_export_runs_in_llamacpp(smollm2, tmp_path, qtype):
     from lowbit.data import read_text
     from lowbit.eval import make_windows, perplexity
     from lowbit.export import to_gguf
-    from lowbit.export.check import LlamaCppModel
     from lowbit.models import load_model
+    from lowbit.runtimes.llamacpp_model import LlamaCppModel
 
     _, tok = smollm2
     report = to_gguf("smollm2-135m", tmp_path / f"smol-{qtype}.gguf", qtype=qtype)

@@ -164,7 +164,7 @@ def test_quantize_4bit_matches_bitsandbytes(fmt, quant_type):
     w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
     packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
     absmax = state.absmax.float()
-    # bitsandbytes packs two codes a byte, the first in the HIGH nibble (unlike lowbit.packing)
+    # bitsandbytes packs two codes a byte, the first in the HIGH nibble (unlike lowbit.core.packing)
     b = packed.reshape(-1)
     bnb_codes = torch.stack([b >> 4, b & 0xF], dim=1).reshape(-1)
     # same scaling arithmetic as bitsandbytes: multiply by the reciprocal of the block absmax

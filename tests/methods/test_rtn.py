@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.qtensor import QTensor
-from lowbit.scheme import Scheme
+from lowbit.core.qtensor import QTensor
+from lowbit.core.scheme import Scheme
 from tests.reference_rtn import reference_dequantize
 
 NAMED = [

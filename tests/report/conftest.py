@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lowbit.eval.suite import EvalSettings
+from lowbit.eval.settings import EvalSettings
 
 TEXT = (
     "The committee met on a grey morning to weigh the budget. Each member read the report, "

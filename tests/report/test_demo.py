@@ -1,9 +1,9 @@
-"""The demo's scheme list and its judgement of the seed article's claims (on hand-made rows)."""
+"""The demo's scheme list and its judgement of the article's claims (on hand-made rows)."""
 
 from __future__ import annotations
 
-from lowbit.demo import DEMO_SCHEMES, DEMO_SETTINGS, check_claims
-from lowbit.scheme import Scheme
+from lowbit.commands.demo import DEMO_SCHEMES, DEMO_SETTINGS, check_claims
+from lowbit.core.scheme import Scheme
 
 
 def row(name, ppl, kld, base_ppl=10.0, top1=0.9):

@@ -68,7 +68,7 @@ def test_materialized_gives_the_quantlinear_logits_exactly(tiny_llama):
     import copy
 
     from lowbit.nn import QuantLinear
-    from lowbit.quantize_model import quantize
+    from lowbit.pipeline.inmemory import quantize
 
     model = copy.deepcopy(tiny_llama[0])
     quantize(model, "nf4-g64", progress=False)

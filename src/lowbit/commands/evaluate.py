@@ -13,7 +13,7 @@ def settings_from_args(args: argparse.Namespace, defaults: Any = None) -> Any:
     """EvalSettings from the shared evaluation options (None options keep ``defaults``)."""
     from dataclasses import replace
 
-    from lowbit.eval.suite import EvalSettings
+    from lowbit.eval.settings import EvalSettings
 
     s = defaults or EvalSettings()
     changes: dict[str, Any] = {}
@@ -43,7 +43,7 @@ def check_data(settings: Any) -> None:
 
 def default_baseline(model: str) -> str | None:
     """The unquantized source of a lowbit checkpoint (None for anything else)."""
-    from lowbit.checkpoint import is_checkpoint, read_metadata
+    from lowbit.storage.checkpoint import is_checkpoint, read_metadata
 
     if not is_checkpoint(model):
         return None
@@ -59,10 +59,12 @@ def default_baseline(model: str) -> str | None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import lowbit
-    from lowbit.checkpoint import is_checkpoint
-    from lowbit.eval.suite import evaluate, folder_bytes, layer_table, prepare_reference
+    from lowbit.eval.layers import folder_bytes, layer_table
+    from lowbit.eval.reference import prepare_reference
+    from lowbit.eval.suite import evaluate
     from lowbit.report.results import settings_line, table_cells
     from lowbit.report.table import render_table
+    from lowbit.storage.checkpoint import is_checkpoint
 
     settings = settings_from_args(args)
     check_data(settings)

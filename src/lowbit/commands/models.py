@@ -17,12 +17,12 @@ def _human(nbytes: float) -> str:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from lowbit.checkpoint import parse_dtype, save
+    from lowbit.core.scheme import Scheme
     from lowbit.models import load_model, resolve_source
-    from lowbit.plan import parse_overrides
-    from lowbit.quantize_model import quantize
-    from lowbit.scheme import Scheme
-    from lowbit.stream import quantize_folder
+    from lowbit.pipeline.inmemory import quantize
+    from lowbit.pipeline.plan import parse_overrides
+    from lowbit.pipeline.streaming import quantize_folder
+    from lowbit.storage.checkpoint import parse_dtype, save
 
     Scheme.parse(args.scheme)
     overrides = parse_overrides(args.override or [])
@@ -63,8 +63,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lowbit.checkpoint import read_metadata
     from lowbit.report.table import render_table
+    from lowbit.storage.checkpoint import read_metadata
 
     meta = read_metadata(args.checkpoint)
     rows = []

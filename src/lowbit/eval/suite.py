@@ -1,8 +1,5 @@
 """Every figure of one model against a baseline, as one JSON record (what ``lowbit eval`` and each
 row of ``lowbit sweep`` write). The record's schema is documented in ``docs/eval-json.md``.
-
-The baseline's side is computed once (:class:`Reference`): the token plan of each text, its logits
-(kept on disk when a folder is given, else recomputed beside each model) and its choice picks.
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,175 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit import data
-from lowbit.eval.choice import ChoiceResult, choice_accuracy
-from lowbit.eval.divergence import LogitsCache, divergence, save_base_logits
+from lowbit.eval.choice import choice_accuracy
+from lowbit.eval.divergence import divergence
+from lowbit.eval.layers import layer_table, stored_bytes
 from lowbit.eval.memory import model_bytes, peak_memory
-from lowbit.eval.perplexity import Windows, make_windows, perplexity_from, token_nll
+from lowbit.eval.perplexity import Windows, perplexity_from, token_nll
+from lowbit.eval.reference import Reference, Step, _no_step, text_windows
+from lowbit.eval.settings import SCHEMA, EvalSettings
 from lowbit.eval.speed import measure_speed
 from lowbit.eval.stats import RunningMean
-from lowbit.eval.weights import weight_error
+from lowbit.models.modules import set_submodule
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "lowbit.eval/1"
-#: Step callback: called with a short description of what starts next ("quantize", "kl sotu...").
-Step = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What is measured and on how much data; stored in every record so results can be compared."""
-
-    texts: tuple[str, ...] = data.EVAL_TEXTS
-    choice: tuple[str, ...] = data.QUESTION_SETS
-    context: int = 256
-    stride: int | None = None  # None: llama.cpp's perplexity windows (second half scored)
-    max_tokens: int | None = 1024  # per text, BOS included; None: the whole text
-    max_questions: int | None = None  # per question file; None: all
-    speed: bool = True
-    speed_prompt_tokens: int = 64
-    speed_new_tokens: int = 8
-    speed_repeats: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (tuples as lists)."""
-        d = asdict(self)
-        d["texts"], d["choice"] = list(self.texts), list(self.choice)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
-        """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        d["texts"], d["choice"] = tuple(d["texts"]), tuple(d["choice"])
-        return cls(**d)
-
-
-@dataclass
-class Reference:
-    """The baseline's side of a comparison, made once by :func:`prepare_reference`."""
-
-    model: nn.Module
-    settings: EvalSettings
-    windows: dict[str, Windows]  # text name -> token plan
-    logits: dict[str, Callable[[int], torch.Tensor] | nn.Module]  # cache, or the model itself
-    choice: dict[str, ChoiceResult] = field(default_factory=dict)
-
-
-def _no_step(_: str) -> None:
-    return None
-
-
-def text_windows(tokenizer: Any, settings: EvalSettings) -> dict[str, Windows]:
-    """The token plan of every text of ``settings`` (a missing file raises ValueError)."""
-    out = {}
-    for name in settings.texts:
-        text = data.read_text(name)
-        out[name] = make_windows(tokenizer, text, settings.context, stride=settings.stride,
-                                 max_tokens=settings.max_tokens)
-    return out
-
-
-def prepare_reference(
-    model: nn.Module,
-    tokenizer: Any,
-    settings: EvalSettings,
-    *,
-    cache_dir: str | Path | None = None,
-    step: Step = _no_step,
-) -> Reference:
-    """Plan the windows, store the baseline's logits under ``cache_dir`` (or plan to recompute
-    them beside each model when None) and compute the baseline's choice picks."""
-    windows = text_windows(tokenizer, settings)
-    for name in settings.choice:
-        data.choice_path(name)  # fail early, naming where it looked
-    logits: dict[str, Any] = {}
-    for name, w in windows.items():
-        if cache_dir is None:
-            logits[name] = model
-            continue
-        folder = Path(cache_dir) / Path(name).stem
-        step(f"baseline logits {Path(name).stem}")
-        try:
-            logits[name] = LogitsCache(folder, w)
-        except ValueError:
-            logits[name] = save_base_logits(model, w, folder, progress=False)
-    ref = Reference(model, settings, windows, logits)
-    for name in settings.choice:
-        step(f"baseline choice {Path(name).stem}")
-        ref.choice[name] = choice_accuracy(model, tokenizer, name,
-                                           max_questions=settings.max_questions, progress=False)
-    return ref
-
-
-# ---------------------------------------------------------------- weights and sizes
-
-
-def _is_head(name: str) -> bool:
-    return name == "lm_head" or name.endswith(".lm_head")
-
-
-def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's linear layers (float or quantized) but the output head, by name."""
-    from lowbit.nn import QuantLinear
-
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, QuantLinear)) and not _is_head(n)}
-
-
-def layer_table(model: nn.Module, base: nn.Module | None = None) -> dict[str, dict[str, Any]]:
-    """Per linear layer: scheme, shape, bytes, bits per weight and, for a quantized layer against
-    ``base`` (when given), the relative L2 weight error and whether the weight came back exactly.
-    """
-    from lowbit.nn import QuantLinear
-
-    base_layers = linear_layers(base) if base is not None else {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, m in linear_layers(model).items():
-        if isinstance(m, QuantLinear):
-            nbytes, scheme = m.qweight.nbytes, str(m.scheme)
-        else:
-            nbytes = m.weight.numel() * m.weight.element_size()
-            scheme = str(m.weight.dtype).removeprefix("torch.")
-        numel = m.out_features * m.in_features
-        row: dict[str, Any] = {"scheme": scheme, "shape": [m.out_features, m.in_features],
-                               "nbytes": int(nbytes), "bits_per_weight": nbytes * 8 / numel,
-                               "rel_error": None, "exact": None}
-        b = base_layers.get(name)
-        if isinstance(m, QuantLinear) and isinstance(b, nn.Linear) and tuple(
-                b.weight.shape) == (m.out_features, m.in_features):
-            err = weight_error(b.weight.detach(), m.qweight, name=name)
-            row["rel_error"], row["exact"] = err.rel_l2, err.exact
-        out[name] = row
-    return out
-
-
-def stored_bytes(model: nn.Module, keep_dtype: torch.dtype | None = None) -> int:
-    """Bytes of the model's tensors as a lowbit checkpoint stores them: packed quantized parts as
-    they are, other float tensors in ``keep_dtype`` (default: the model's ``lowbit_keep_dtype``,
-    else their own dtype), tied tensors once. Headers and JSON files are not counted."""
-    keep = keep_dtype or getattr(model, "lowbit_keep_dtype", None)
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for t in model.state_dict().values():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if key in seen and t.numel() > 0:
-            continue
-        seen.add(key)
-        size = t.element_size()
-        if keep is not None and t.is_floating_point() and t.dtype.itemsize > 1:
-            size = torch.empty((), dtype=keep).element_size()
-        total += t.numel() * size
-    return total
-
-
-def folder_bytes(path: str | Path) -> int:
-    """Total size of the files of a folder (or of one file)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 @contextmanager
@@ -199,7 +38,7 @@ def materialized(model: nn.Module) -> Iterator[nn.Module]:
     The QuantLinear modules are put back afterwards."""
     from lowbit.nn import QuantLinear
 
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    swapped: list[tuple[str, nn.Module]] = []
     try:
         for name, m in list(model.named_modules()):
             if not isinstance(m, QuantLinear):
@@ -210,14 +49,13 @@ def materialized(model: nn.Module) -> Iterator[nn.Module]:
                                       requires_grad=False)
             if m.bias is not None:
                 lin.bias = nn.Parameter(m.bias.detach().float(), requires_grad=False)
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, lin)
-            swapped.append((parent, child, m))
+            set_submodule(model, name, lin)
+            swapped.append((name, m))
         yield model
     finally:
-        for parent, child, m in swapped:
-            setattr(parent, child, m)
+        for name, m in swapped:
+            set_submodule(model, name, m)
+
 
 
 # ---------------------------------------------------------------- the record
@@ -365,37 +203,3 @@ def _quality(model: nn.Module, tokenizer: Any, reference: Reference | None,
                             max_questions=settings.max_questions, progress=False)
         choice[qname] = r.to_dict()
     return texts, results, choice
-
-
-def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """The flat figures of a record that tables and plots show (None where not measured)."""
-    s = rec.get("summary") or {}
-    ch = next(iter((rec.get("choice") or {}).values()), None)
-    sp = rec.get("speed") or {}
-    mem = rec.get("memory") or {}
-    we = rec.get("weight_error") or {}
-    return {
-        "name": rec["name"],
-        "scheme": rec.get("scheme"),
-        "bits_per_weight": rec.get("bits_per_weight"),
-        "disk_mb": rec["disk_bytes"] / 1e6 if rec.get("disk_bytes") is not None else None,
-        "ppl": s.get("ppl"),
-        "ppl_change_pct": 100 * s["ppl_change"] if "ppl_change" in s else None,
-        "kld_mean": s.get("kld_mean"),
-        "kld_median": s.get("kld_median"),
-        "kld_p99": s.get("kld_p99"),
-        "top1_pct": 100 * s["top1_agreement"] if "top1_agreement" in s else None,
-        "choice_acc_pct": 100 * ch["accuracy"] if ch else None,
-        "choice_ci_pct": (f"{100 * ch['accuracy_low']:.0f}-{100 * ch['accuracy_high']:.0f}"
-                          if ch else None),
-        "choice_agree_pct": (100 * ch["agreement"] if ch and ch.get("agreement") is not None
-                             else None),
-        "weight_rel_error": we.get("mean_rel"),
-        "prefill_tok_s": sp.get("prefill_tokens_per_s"),
-        "decode_tok_s": sp.get("decode_tokens_per_s"),
-        "peak_rss_mb": mem["peak_rss_bytes"] / 1e6 if mem else None,
-        "artifact": rec.get("artifact", False),
-        "exact_layers": len(rec.get("exact_layers") or []),
-        "n_layers": len(we.get("layers") or {}),
-        "baseline": rec.get("baseline", False),
-    }

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lowbit.qtensor import QTensor
-from lowbit.weights import check_weight
+from lowbit.core.grouping import check_weight
+from lowbit.core.qtensor import QTensor
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
     preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
     """
-    from lowbit.checkpoint import is_checkpoint
+    from lowbit.storage.checkpoint import is_checkpoint
 
     t0 = time.perf_counter()
     out = Path(out_path)
@@ -103,7 +103,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
     preset = None if qtype is None else check_preset(qtype)
     if is_checkpoint(source):
-        from lowbit.checkpoint import load
+        from lowbit.storage.checkpoint import load
 
         if requantize and preset is None:
             raise ValueError("requantize=True (--requantize) needs a type to requantize to "

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbit.core.scheme import Scheme
 from lowbit.ggml import SUPPORTED_TYPES, block_size
-from lowbit.scheme import Scheme
 
 #: preset (llama.cpp ftype name) -> default tensor type
 PRESETS: dict[str, str] = {

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.core.grouping import check_weight, raise_nonfinite, to_groups
+from lowbit.core.packing import pack
+from lowbit.core.qtensor import QTensor
+from lowbit.core.scheme import DQ_BLOCK, Scheme
 from lowbit.formats import IntFormat
-from lowbit.packing import pack
-from lowbit.qtensor import QTensor
-from lowbit.scheme import DQ_BLOCK, Scheme
-from lowbit.weights import check_weight, raise_nonfinite, to_groups
 
 _CHUNK_ELEMENTS = 1 << 18  # weights per slice of rows (1 MiB of float32)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowbit.eval.suite import summary_row
+from lowbit.eval.settings import summary_row
 
 DPI = 90
 CLIP = 10.0  # perplexity plots: rows above CLIP x the baseline's are drawn at that height
@@ -130,7 +130,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
 
 def _int_parts(scheme: str) -> tuple[int, str, str] | None:
     """(bits, "sym"/"asym", granularity label) of an integer scheme, else None."""
-    from lowbit.scheme import Scheme
+    from lowbit.core.scheme import Scheme
 
     try:
         s = Scheme.parse(scheme)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowbit.eval.suite import summary_row
+from lowbit.eval.settings import summary_row
 
 RESULTS_JSONL = "results.jsonl"
 

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.eval.suite import EvalSettings, evaluate, prepare_reference
+from lowbit.eval.reference import prepare_reference
+from lowbit.eval.settings import EvalSettings
+from lowbit.eval.suite import evaluate
 from lowbit.report.results import (
     BASELINE_LABEL,
     KEPT16_LABEL,
@@ -55,7 +57,7 @@ class SweepOutput:
 
 def row_names(schemes: Sequence[str], *, baseline_rows: bool = True) -> list[str]:
     """The rows a sweep makes: the two reference rows, then each scheme once, in order."""
-    from lowbit.scheme import Scheme
+    from lowbit.core.scheme import Scheme
 
     names = [BASELINE_LABEL, KEPT16_LABEL] if baseline_rows else []
     for s in schemes:
@@ -80,7 +82,7 @@ def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path:
 def _make_row(base: nn.Module, name: str) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh copy of the baseline for row ``name``: quantized (with its layer table), or with
     only its kept tensors rounded to fp16 (layer table computed later, against the baseline)."""
-    from lowbit.quantize_model import quantize, round_kept_tensors
+    from lowbit.pipeline.inmemory import quantize, round_kept_tensors
 
     model = copy.deepcopy(base)
     if name == KEPT16_LABEL:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lowbit.core.scheme import Scheme
 from lowbit.eval.weights import WeightError, weight_error
+from lowbit.models.modules import set_submodule
 from lowbit.nn import QuantLinear
-from lowbit.plan import LayerPlan, plan_layers
-from lowbit.scheme import Scheme
+from lowbit.pipeline.plan import LayerPlan, plan_layers
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ def quantize(
         q = QuantLinear.from_linear(linear, layer_scheme, name=name)
         report.add(name, layer_scheme, (q.out_features, q.in_features), q.qweight.nbytes,
                    weight_error(linear.weight.detach(), q.qweight, name=name))
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, q)
+        set_submodule(model, name, q)
         del linear
     round_kept_tensors(model, keep_dtype)
     model.lowbit_keep_dtype = keep_dtype

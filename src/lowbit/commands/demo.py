@@ -1,5 +1,6 @@
-"""``lowbit demo``: the seed article's experiment on the real Gemma-3-270M, sized to finish in
-under 30 minutes on a 2-core CPU. Prints the table and where the report is.
+"""``lowbit demo``: the experiment of the article "Quantization from the ground up" (ngrok blog,
+2026) on the real Gemma-3-270M, sized to finish in under 30 minutes on a 2-core CPU. Prints the
+table and where the report is.
 
 The evaluation is cut to fit that budget (every row runs the quantized model over the same
 windows): see :data:`DEMO_SETTINGS`; the printed table states the token counts it used.
@@ -13,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from lowbit.eval.suite import EvalSettings
+from lowbit.eval.settings import EvalSettings
 
 DEMO_MODEL = "gemma-3-270m"
 
-#: The float baseline rows come first (added by the sweep), then these, as in the seed article.
+#: The float baseline rows come first (added by the sweep), then these, as in that article.
 DEMO_SCHEMES: tuple[str, ...] = (
     "int8-sym-channel", "int8-asym-channel",
     "int4-sym-channel", "int4-asym-channel",
@@ -71,8 +72,9 @@ def _summary(records: list[dict], name: str) -> dict | None:
 
 
 def check_claims(records: list[dict]) -> list[str]:
-    """The seed article's three claims, each judged on the measured rows (Markdown lines)."""
-    lines = ["# The seed article's claims, measured", ""]
+    """The three claims of the article "Quantization from the ground up" (ngrok blog, 2026), each
+    judged on the measured rows (Markdown lines)."""
+    lines = ['# The claims of "Quantization from the ground up" (ngrok blog, 2026), measured', ""]
     eight = [(n, _summary(records, n)) for n in ("int8-sym-channel", "int8-asym-channel")]
     eight = [(n, s) for n, s in eight if s]
     if eight:

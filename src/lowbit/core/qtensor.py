@@ -6,7 +6,7 @@ scales, outliers). Neither is stored: both are computed from the tensors.
 
 Layout, for a weight of shape (out_features, in_features) and a scheme with G groups a row:
 
-* ``codes``: uint8, the ``out*in`` codes packed row-major (``lowbit.packing``).
+* ``codes``: uint8, the ``out*in`` codes packed row-major (``lowbit.core.packing``).
 * ``scale``: (R, G) in the scale format's storage dtype, R = 1 for a per-tensor scale, else
   ``out``. Under double quantization it holds int8 codes of the scales (as uint8) instead.
 * ``zero``: (R, G) like ``scale``, asymmetric schemes only: the value of code 0, so a weight is
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.core.packing import unpack
+from lowbit.core.scheme import DQ_BLOCK, Scheme
 from lowbit.formats import IntFormat, get_format
-from lowbit.packing import unpack
-from lowbit.scheme import DQ_BLOCK, Scheme
 
 _TENSOR_FIELDS = (
     "codes", "scale", "zero", "scale_scale", "scale_mean", "tensor_scale",
@@ -123,7 +123,7 @@ class QTensor:
 
     def validate(self, name: str = "weight") -> None:
         """Raise ValueError (naming ``name``) if a stored piece does not fit the shape/scheme."""
-        from lowbit.packing import packed_nbytes
+        from lowbit.core.packing import packed_nbytes
 
         out_f, in_f = self.shape
         expected_codes = packed_nbytes(self.numel, self.scheme.bits)

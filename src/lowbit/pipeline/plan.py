@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lowbit.scheme import Scheme
+from lowbit.core.scheme import Scheme
+from lowbit.models.modules import OUTPUT_HEAD
 
 # Kept in 16-bit unless a user asks otherwise: the output head (often tied to the embedding).
 # Embeddings and norms are not nn.Linear, so they are never quantized here.
-DEFAULT_EXCLUDE: tuple[str, ...] = (r"(^|\.)lm_head$",)
+DEFAULT_EXCLUDE: tuple[str, ...] = (rf"(^|\.){OUTPUT_HEAD}$",)
 
 
 @dataclass(frozen=True)

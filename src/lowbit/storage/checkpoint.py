@@ -4,7 +4,7 @@ A checkpoint folder holds ``lowbit.json`` (format version, lowbit version, the s
 its hash, the scheme, shape, size and weight error of every quantized layer, and which shard
 holds which tensor), ``model-NNNNN.safetensors`` shards, and the Hugging Face config and
 tokenizer files. A quantized layer ``L`` is stored as tensors ``L.qweight.<part>`` (see
-:mod:`lowbit.qtensor`); everything else under its usual name, in the checkpoint's keep dtype.
+:mod:`lowbit.core.qtensor`); everything else under its usual name, in the checkpoint's keep dtype.
 
 Writes go to a hidden temporary folder that is renamed into place once complete (``lowbit.json``
 last), so an interrupted save leaves nothing that looks like a checkpoint.
@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from lowbit.atomic import write_text_atomic
-from lowbit.qtensor import QTensor
-from lowbit.scheme import Scheme
+from lowbit.core.qtensor import QTensor
+from lowbit.core.scheme import Scheme
+from lowbit.models.modules import is_output_head, set_submodule
+from lowbit.storage.atomic import write_text_atomic
 
 FORMAT_NAME = "lowbit-checkpoint"
 FORMAT_VERSION = 1
@@ -161,7 +162,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
          force: bool = False, layer_info: dict[str, dict] | None = None,
          shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder."""
-    from lowbit.quantize_model import quantized_layers
+    from lowbit.pipeline.inmemory import quantized_layers
 
     out = Path(out)
     keep_dtype = getattr(model, "lowbit_keep_dtype", torch.float16)
@@ -307,8 +308,7 @@ def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: Tensor
                              f"({getattr(old, 'out_features', None)}, "
                              f"{getattr(old, 'in_features', None)})")
         bias = source.get(name + ".bias").float() if info.get("bias") else None
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, QuantLinear(qt, bias))
+        set_submodule(model, name, QuantLinear(qt, bias))
 
 
 def _load_float_tensors(model: torch.nn.Module, meta: dict, source: TensorSource,
@@ -329,10 +329,9 @@ def _load_float_tensors(model: torch.nn.Module, meta: dict, source: TensorSource
                              f"{tuple(tensor.shape)}, the model expects {tuple(param.shape)}")
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
-        new = torch.nn.Parameter(tensor.to(dtype), requires_grad=False)
-        setattr(module, attr, new)
+        setattr(module, attr, torch.nn.Parameter(tensor.to(dtype), requires_grad=False))
 
 
 def _is_tied(model: torch.nn.Module, name: str) -> bool:
-    return name.endswith("lm_head.weight") and bool(
+    return is_output_head(name) and bool(
         getattr(model.config, "tie_word_embeddings", False))

@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from lowbit.checkpoint import (
+from lowbit.core.scheme import Scheme
+from lowbit.eval.weights import weight_error
+from lowbit.methods.rtn import quantize_rtn
+from lowbit.models.modules import is_output_head
+from lowbit.pipeline.inmemory import QuantizeReport
+from lowbit.pipeline.plan import plan_layers
+from lowbit.storage.checkpoint import (
     DEFAULT_SHARD_BYTES,
     QWEIGHT,
     ShardWriter,
@@ -27,12 +33,7 @@ from lowbit.checkpoint import (
     save_config_and_tokenizer,
     write_metadata,
 )
-from lowbit.eval.weights import weight_error
-from lowbit.methods.rtn import quantize_rtn
-from lowbit.plan import plan_layers
-from lowbit.quantize_model import QuantizeReport
-from lowbit.safetensors_io import TensorInfo, read_header, read_tensor
-from lowbit.scheme import Scheme
+from lowbit.storage.safetensors_io import TensorInfo, read_header, read_tensor
 
 
 def _source_tensors(folder: Path) -> Iterable[tuple[Path, TensorInfo]]:
@@ -75,7 +76,7 @@ def quantize_folder(
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     plan = plan_layers(skeleton, scheme, exclude=exclude, overrides=overrides).quantized
     expected = dict(skeleton.state_dict())
-    tied = {n for n in expected if n.endswith("lm_head.weight")} if getattr(
+    tied = {n for n in expected if is_output_head(n)} if getattr(
         config, "tie_word_embeddings", False) else set()
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True,
                                               trust_remote_code=False)

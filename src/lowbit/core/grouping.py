@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.scheme import Scheme
+from lowbit.core.scheme import Scheme
 
 
 def check_weight(w: torch.Tensor, name: str = "weight", *, finite: bool = True) -> torch.Tensor:

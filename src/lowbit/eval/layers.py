@@ -1,0 +1,74 @@
+"""Per-layer sizes and weight errors of a model, and the bytes it takes stored or on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.eval.weights import weight_error
+from lowbit.models.modules import is_output_head
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's linear layers (float or quantized) but the output head, by name."""
+    from lowbit.nn import QuantLinear
+
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, QuantLinear)) and not is_output_head(n)}
+
+
+def layer_table(model: nn.Module, base: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """Per linear layer: scheme, shape, bytes, bits per weight and, for a quantized layer against
+    ``base`` (when given), the relative L2 weight error and whether the weight came back exactly.
+    """
+    from lowbit.nn import QuantLinear
+
+    base_layers = linear_layers(base) if base is not None else {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in linear_layers(model).items():
+        if isinstance(m, QuantLinear):
+            nbytes, scheme = m.qweight.nbytes, str(m.scheme)
+        else:
+            nbytes = m.weight.numel() * m.weight.element_size()
+            scheme = str(m.weight.dtype).removeprefix("torch.")
+        numel = m.out_features * m.in_features
+        row: dict[str, Any] = {"scheme": scheme, "shape": [m.out_features, m.in_features],
+                               "nbytes": int(nbytes), "bits_per_weight": nbytes * 8 / numel,
+                               "rel_error": None, "exact": None}
+        b = base_layers.get(name)
+        if isinstance(m, QuantLinear) and isinstance(b, nn.Linear) and tuple(
+                b.weight.shape) == (m.out_features, m.in_features):
+            err = weight_error(b.weight.detach(), m.qweight, name=name)
+            row["rel_error"], row["exact"] = err.rel_l2, err.exact
+        out[name] = row
+    return out
+
+
+def stored_bytes(model: nn.Module, keep_dtype: torch.dtype | None = None) -> int:
+    """Bytes of the model's tensors as a lowbit checkpoint stores them: packed quantized parts as
+    they are, other float tensors in ``keep_dtype`` (default: the model's ``lowbit_keep_dtype``,
+    else their own dtype), tied tensors once. Headers and JSON files are not counted."""
+    keep = keep_dtype or getattr(model, "lowbit_keep_dtype", None)
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen and t.numel() > 0:
+            continue
+        seen.add(key)
+        size = t.element_size()
+        if keep is not None and t.is_floating_point() and t.dtype.itemsize > 1:
+            size = torch.empty((), dtype=keep).element_size()
+        total += t.numel() * size
+    return total
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Total size of the files of a folder (or of one file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -1,0 +1,1 @@
+"""Storage: lowbit's checkpoint folders, safetensors headers, streaming shards and atomic writes."""
