@@ -30,12 +30,13 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: Scheme | str, *, name: str = "weight",
-                    quantizer=None) -> QuantLinear:
-        """Quantize ``linear``'s weight (round-to-nearest unless ``quantizer`` is given)."""
-        from lowbit.methods.rtn import quantize_rtn
+                    method: str = "rtn", stats: object | None = None) -> QuantLinear:
+        """Quantize ``linear``'s weight with a registered ``method`` (round-to-nearest by
+        default; a data-aware method needs the layer's calibration ``stats``, a
+        :class:`lowbit.calibration.LayerStats`)."""
+        from lowbit.methods.registry import get_method
 
-        quantizer = quantizer or quantize_rtn
-        qt = quantizer(linear.weight.detach(), scheme, name=name)
+        qt = get_method(method).quantize_weight(linear.weight.detach(), scheme, stats, name=name)
         return cls(qt, linear.bias)
 
     @property

@@ -16,44 +16,72 @@ def _human(nbytes: float) -> str:
     raise AssertionError
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from lowbit.core.scheme import Scheme
-    from lowbit.models import load_model, resolve_source
+def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[str, str]):
+    """Run the quantization the options ask for: the streaming path for a data-free method on a
+    safetensors folder, else the loaded model (with calibration for a data-aware method)."""
+    from lowbit.methods import get_method
+    from lowbit.models import load_model
     from lowbit.pipeline.inmemory import quantize
-    from lowbit.pipeline.plan import parse_overrides
     from lowbit.pipeline.streaming import quantize_folder
     from lowbit.storage.checkpoint import parse_dtype, save
 
+    method = get_method(args.method)
+    keep = parse_dtype(args.keep_dtype)
+    common = {"exclude": args.exclude, "overrides": overrides, "keep_dtype": keep,
+              "method": method}
+    if source.kind in ("hf", "builtin") and not method.data_aware:
+        return quantize_folder(source.path, args.scheme, out, force=args.force,
+                               source_info=source.to_dict(), **common), None
+    model, tokenizer = load_model(args.source)
+    calibration = None
+    if method.data_aware:
+        calibration = _calibration(args, tokenizer)
+    report = quantize(model, args.scheme, calibration=calibration, **common)
+    save(model, out, tokenizer=tokenizer, force=args.force, layer_info=report.layers)
+    return report, calibration
+
+
+def _calibration(args: argparse.Namespace, tokenizer):
+    from lowbit.calibration import Calibration
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+
+    if tokenizer is None:
+        raise ValueError(f"{args.source} has no tokenizer, and method {args.method!r} needs one "
+                         "to tokenize its calibration text")
+    return Calibration.from_text(tokenizer, args.calibration_text or DEFAULT_CALIBRATION_TEXT,
+                                 windows=args.calibration_windows,
+                                 length=args.calibration_length,
+                                 batch_size=args.calibration_batch)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from lowbit.core.scheme import Scheme
+    from lowbit.models import resolve_source
+    from lowbit.pipeline.plan import parse_overrides
+
     Scheme.parse(args.scheme)
     overrides = parse_overrides(args.override or [])
-    exclude = None if args.exclude is None else args.exclude
-    keep = parse_dtype(args.keep_dtype)
     out = Path(args.output)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     t0 = time.perf_counter()
     source = resolve_source(args.source)
-    if source.kind in ("hf", "builtin"):
-        report = quantize_folder(source.path, args.scheme, out, exclude=exclude,
-                                 overrides=overrides, keep_dtype=keep, force=args.force,
-                                 source_info=source.to_dict())
-    else:
-        model, tokenizer = load_model(args.source)
-        report = quantize(model, args.scheme, exclude=exclude, overrides=overrides,
-                          keep_dtype=keep)
-        save(model, out, tokenizer=tokenizer, force=args.force, layer_info=report.layers)
+    report, calibration = _quantize_to(args, source, out, overrides)
     seconds = time.perf_counter() - t0
     float_bytes = report.params * 2
     disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"source           {source.name} ({source.kind}, sha256 {source.sha256[:12]}...)")
     print(f"scheme           {args.scheme}" + (f"  overrides {overrides}" if overrides else ""))
+    print(f"method           {args.method}")
+    if calibration is not None:
+        print(f"calibration      {calibration.source}")
     print(f"quantized layers {len(report.layers)} ({report.params / 1e6:.1f} M weights)")
     print(f"fp16 size        {_human(float_bytes)} (quantized layers)")
     print(f"quantized size   {_human(report.nbytes)} "
           f"({report.nbytes / float_bytes:.1%} of fp16)")
     print(f"bits per weight  {report.nbytes * 8 / report.params:.4f}")
     print(f"mean rel. error  {report.mean_rel_error:.4f} (relative L2 of each layer's weight)")
-    exact = sum(v["exact"] for v in report.layers.values())
+    exact = sum(bool(r.exact) for r in report.layers.values())
     if exact:
         print(f"note             {exact} layer(s) came back exactly: the source already lies "
               "on this scheme's grid (an artifact, not a finding)")
@@ -105,6 +133,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_method_arguments(p: argparse.ArgumentParser) -> None:
+    from lowbit.calibration.windows import DEFAULT_BATCH, DEFAULT_LENGTH, DEFAULT_WINDOWS
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.methods import available_methods
+
+    p.add_argument("--method", default="rtn", choices=available_methods(),
+                   help="how codes are chosen (default rtn). A data-aware method runs the "
+                        "calibration text through the loaded model block by block; a data-free "
+                        "one streams a safetensors folder tensor by tensor")
+    g = p.add_argument_group("calibration (data-aware methods only)")
+    g.add_argument("--calibration-text", metavar="TEXT",
+                   help=f"text file (name under the data folder's text/, or a path); default "
+                        f"{DEFAULT_CALIBRATION_TEXT}, which is not one of the evaluation texts")
+    g.add_argument("--calibration-windows", type=int, default=DEFAULT_WINDOWS, metavar="N",
+                   help=f"number of token windows (default {DEFAULT_WINDOWS})")
+    g.add_argument("--calibration-length", type=int, default=DEFAULT_LENGTH, metavar="TOKENS",
+                   help=f"tokens per window (default {DEFAULT_LENGTH})")
+    g.add_argument("--calibration-batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                   help=f"windows run through the model at once (default {DEFAULT_BATCH})")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantize a model into a lowbit checkpoint")
     p.add_argument("source", help="Hugging Face folder, .gguf file or built-in name "
@@ -119,6 +168,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="dtype of the tensors left unquantized (default float16)")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    _add_method_arguments(p)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer table of a lowbit checkpoint")

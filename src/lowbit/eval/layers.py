@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.core.layer_record import LayerRecord
 from lowbit.eval.weights import weight_error
 from lowbit.models.modules import is_output_head
 
@@ -20,31 +21,31 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
             if isinstance(m, (nn.Linear, QuantLinear)) and not is_output_head(n)}
 
 
-def layer_table(model: nn.Module, base: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+def layer_records(model: nn.Module, base: nn.Module | None = None) -> dict[str, LayerRecord]:
     """Per linear layer: scheme, shape, bytes, bits per weight and, for a quantized layer against
     ``base`` (when given), the relative L2 weight error and whether the weight came back exactly.
-    """
+    The method is not known from a model (None); a QuantizeReport's records carry it."""
     from lowbit.nn import QuantLinear
 
     base_layers = linear_layers(base) if base is not None else {}
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LayerRecord] = {}
     for name, m in linear_layers(model).items():
-        if isinstance(m, QuantLinear):
-            nbytes, scheme = m.qweight.nbytes, str(m.scheme)
-        else:
-            nbytes = m.weight.numel() * m.weight.element_size()
-            scheme = str(m.weight.dtype).removeprefix("torch.")
-        numel = m.out_features * m.in_features
-        row: dict[str, Any] = {"scheme": scheme, "shape": [m.out_features, m.in_features],
-                               "nbytes": int(nbytes), "bits_per_weight": nbytes * 8 / numel,
-                               "rel_error": None, "exact": None}
+        shape = (m.out_features, m.in_features)
+        if not isinstance(m, QuantLinear):
+            out[name] = LayerRecord(name, str(m.weight.dtype).removeprefix("torch."), shape,
+                                    m.weight.numel() * m.weight.element_size())
+            continue
         b = base_layers.get(name)
-        if isinstance(m, QuantLinear) and isinstance(b, nn.Linear) and tuple(
-                b.weight.shape) == (m.out_features, m.in_features):
+        err = None
+        if isinstance(b, nn.Linear) and tuple(b.weight.shape) == shape:
             err = weight_error(b.weight.detach(), m.qweight, name=name)
-            row["rel_error"], row["exact"] = err.rel_l2, err.exact
-        out[name] = row
+        out[name] = LayerRecord.of_qtensor(name, m.qweight, None, err)
     return out
+
+
+def layer_table(model: nn.Module, base: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`layer_records` as JSON objects by layer name (an eval record's ``layers``)."""
+    return {name: r.to_json() for name, r in layer_records(model, base).items()}
 
 
 def stored_bytes(model: nn.Module, keep_dtype: torch.dtype | None = None) -> int:

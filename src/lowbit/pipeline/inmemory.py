@@ -1,51 +1,64 @@
-"""Quantize a whole model in memory: every planned nn.Linear becomes a QuantLinear."""
+"""Quantize a whole model in memory: every planned nn.Linear becomes a QuantLinear.
+
+A method that needs no data (``rtn``) quantizes the layers one by one. A data-aware method runs
+the calibration text through the model block by block (:mod:`lowbit.calibration.sequential`):
+each block's Linears are quantized with statistics measured on what the already-quantized
+blocks before them produce.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from lowbit.core.layer_record import LayerRecord
 from lowbit.core.scheme import Scheme
-from lowbit.eval.weights import WeightError, weight_error
+from lowbit.methods.registry import Method, get_method
 from lowbit.models.modules import set_submodule
 from lowbit.nn import QuantLinear
-from lowbit.pipeline.plan import LayerPlan, plan_layers
+from lowbit.pipeline.driver import quantize_layer
+from lowbit.pipeline.plan import plan_layers
+
+if TYPE_CHECKING:
+    from lowbit.calibration.stats import LayerStats
+    from lowbit.calibration.windows import Calibration
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class QuantizeReport:
-    """What a quantization did: per-layer weight error and sizes, and the time it took."""
+    """What a quantization did: one record per quantized layer, and the time it took."""
 
-    layers: dict[str, dict] = field(default_factory=dict)
+    layers: dict[str, LayerRecord] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def add(self, name: str, scheme: Scheme, shape: tuple[int, int], nbytes: int,
-            error: WeightError) -> None:
-        self.layers[name] = {
-            "scheme": str(scheme), "shape": list(shape), "nbytes": nbytes,
-            "bits_per_weight": nbytes * 8 / (shape[0] * shape[1]),
-            "rel_error": error.rel_l2, "exact": error.exact,
-        }
+    def add(self, record: LayerRecord) -> None:
+        self.layers[record.name] = record
 
     @property
     def params(self) -> int:
-        return sum(v["shape"][0] * v["shape"][1] for v in self.layers.values())
+        return sum(r.params for r in self.layers.values())
 
     @property
     def nbytes(self) -> int:
-        return sum(v["nbytes"] for v in self.layers.values())
+        return sum(r.nbytes for r in self.layers.values())
 
     @property
     def mean_rel_error(self) -> float:
-        errs = [v["rel_error"] for v in self.layers.values()]
+        errs = [r.rel_error for r in self.layers.values() if r.rel_error is not None]
         return sum(errs) / len(errs) if errs else 0.0
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        """The records as JSON objects by layer name (the eval records' ``layers`` table)."""
+        return {name: r.to_json() for name, r in self.layers.items()}
 
 
 def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype) -> None:
@@ -58,37 +71,60 @@ def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype) -> None:
                     p.copy_(p.to(keep_dtype).to(p.dtype))
 
 
+def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
+             stats: LayerStats | None, report: QuantizeReport) -> None:
+    """Quantize Linear ``name`` through the driver and put a QuantLinear in its place."""
+    linear = model.get_submodule(name)
+    qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats)
+    set_submodule(model, name, QuantLinear(qt, linear.bias))
+    report.add(record)
+
+
 def quantize(
     model: nn.Module,
     scheme: Scheme | str,
     *,
+    method: str | Method = "rtn",
+    calibration: Calibration | None = None,
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, Scheme | str] | None = None,
     keep_dtype: torch.dtype = torch.float16,
     progress: bool = True,
 ) -> QuantizeReport:
-    """Replace the model's nn.Linear layers by QuantLinear, in place; see :func:`plan_layers`
-    for ``exclude``/``overrides``. Parameters left in float are rounded to ``keep_dtype``
-    (16-bit by default). Returns per-layer sizes and weight errors."""
+    """Replace the model's nn.Linear layers by QuantLinear, in place, using ``method`` (a
+    registered name, see :mod:`lowbit.methods`). A data-aware method needs ``calibration``
+    (:class:`lowbit.calibration.Calibration`). See :func:`plan_layers` for ``exclude`` and
+    ``overrides``. Parameters left in float are rounded to ``keep_dtype``."""
     from tqdm import tqdm
 
-    plan: LayerPlan = plan_layers(model, scheme, exclude=exclude, overrides=overrides)
+    from lowbit.calibration.sequential import calibrate_sequential
+
+    plan = plan_layers(model, scheme, exclude=exclude, overrides=overrides).quantized
+    chosen = get_method(method)
     report = QuantizeReport()
     t0 = time.perf_counter()
-    modules = dict(model.named_modules())
-    todo = plan.quantized
-    for name, layer_scheme in tqdm(todo.items(), desc="quantize", unit="layer",
-                                   disable=not progress):
-        linear = modules[name]
-        q = QuantLinear.from_linear(linear, layer_scheme, name=name)
-        report.add(name, layer_scheme, (q.out_features, q.in_features), q.qweight.nbytes,
-                   weight_error(linear.weight.detach(), q.qweight, name=name))
-        set_submodule(model, name, q)
-        del linear
+    if chosen.data_aware:
+        if calibration is None:
+            raise ValueError(f"method {chosen.name!r} needs calibration statistics "
+                             f"({', '.join(sorted(chosen.needs))}); pass calibration="
+                             "Calibration.from_text(tokenizer, text)")
+
+        def on_block(stats: dict[str, LayerStats]) -> None:
+            for name, layer_stats in stats.items():
+                _replace(model, name, plan[name], chosen, layer_stats, report)
+
+        calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
+                             progress=progress)
+    else:
+        if calibration is not None:
+            warnings.warn(f"method {chosen.name!r} needs no data; calibration is ignored",
+                          stacklevel=2)
+        for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
+            _replace(model, name, plan[name], chosen, None, report)
     round_kept_tensors(model, keep_dtype)
     model.lowbit_keep_dtype = keep_dtype
     report.seconds = time.perf_counter() - t0
-    log.info("quantized %d layers in %.1f s", len(todo), report.seconds)
+    log.info("quantized %d layers with %s in %.1f s", len(plan), chosen.name, report.seconds)
     return report
 
 

@@ -2,8 +2,14 @@
 
 Each source tensor is read on its own (plain reads, no memory map), quantized (or rounded to the
 keep dtype) and appended to the output shards; peak memory is about one output shard buffer plus
-one tensor. The result is the same
-checkpoint that ``lowbit.quantize`` + ``lowbit.save`` write from the loaded model.
+one tensor. The result is the same checkpoint that ``lowbit.quantize`` + ``lowbit.save`` write
+from the loaded model.
+
+Methods: this path takes data-free methods only (``rtn`` and any registered method with no
+``needs``). A data-aware method is refused with a ValueError that says what to do instead: its
+statistics come from running text through the model block by block, which needs the model's
+layers in memory; use ``lowbit.quantize(model, ..., calibration=...)`` (the ``lowbit quantize``
+command switches to that path by itself for such a method).
 """
 
 from __future__ import annotations
@@ -12,15 +18,16 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowbit.core.scheme import Scheme
-from lowbit.eval.weights import weight_error
-from lowbit.methods.rtn import quantize_rtn
+from lowbit.methods.registry import Method, get_method
 from lowbit.models.modules import is_output_head
+from lowbit.pipeline.driver import quantize_layer
 from lowbit.pipeline.inmemory import QuantizeReport
 from lowbit.pipeline.plan import plan_layers
 from lowbit.storage.checkpoint import (
@@ -52,11 +59,97 @@ def _source_tensors(folder: Path) -> Iterable[tuple[Path, TensorInfo]]:
             yield path, info
 
 
+def _refuse_data_aware(method: Method) -> None:
+    if method.data_aware:
+        from lowbit.methods.registry import available_methods, get_method
+
+        free = [m for m in available_methods() if not get_method(m).data_aware]
+        raise ValueError(
+            f"method {method.name!r} needs calibration statistics "
+            f"({', '.join(sorted(method.needs))}), and the streaming path reads one tensor at a "
+            f"time without running the model; it takes data-free methods only "
+            f"({', '.join(free)}). Load the model and call lowbit.quantize(model, scheme, "
+            f"method={method.name!r}, calibration=Calibration.from_text(tokenizer, text)) "
+            "instead (the `lowbit quantize` command does this for data-aware methods)")
+
+
+@dataclass
+class _Source:
+    """A source folder's config, empty model skeleton, tokenizer and generation config."""
+
+    folder: Path
+    config: Any
+    skeleton: torch.nn.Module
+    tokenizer: Any
+    generation_config: Any
+
+    @property
+    def embedding(self) -> str:
+        emb = self.skeleton.get_input_embeddings()
+        return next(n for n, m in self.skeleton.named_modules() if m is emb) + ".weight"
+
+
+def _open_source(folder: Path) -> _Source:
+    """Read config, tokenizer and generation config, and build the model without weights."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    with init_empty_weights(include_buffers=False):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                              trust_remote_code=False)
+    try:
+        generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    except OSError:
+        generation_config = None
+    return _Source(folder, config, skeleton, tokenizer, generation_config)
+
+
+@dataclass
+class _Job:
+    """What the tensor loop needs: the plan, the expected shapes, the tied names, the method."""
+
+    plan: dict[str, Scheme]
+    expected: dict[str, torch.Size]
+    tied: set[str]
+    method: Method
+    keep_dtype: torch.dtype
+    architecture: str
+
+
+def _write_tensor(job: _Job, path: Path, info: TensorInfo, writer: ShardWriter,
+                  meta: dict[str, Any], report: QuantizeReport) -> None:
+    """Check one source tensor, then quantize it (a planned layer's weight) or keep it."""
+    name = info.name
+    if name not in job.expected:
+        raise ValueError(f"{path}: tensor {name!r} is not part of the {job.architecture} that "
+                         "config.json describes")
+    if name in job.tied:
+        return
+    if tuple(info.shape) != tuple(job.expected[name]):
+        raise ValueError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
+                         f"config.json implies {tuple(job.expected[name])}")
+    layer = name[: -len(".weight")] if name.endswith(".weight") else None
+    if layer in job.plan:
+        w = read_tensor(path, info, dtype=torch.float32)
+        qt, record = quantize_layer(layer, w, job.plan[layer], job.method)
+        for part, t in qt.tensors().items():
+            writer.add(layer + QWEIGHT + part, t)
+        report.add(record)
+        meta["layers"][layer] = layer_entry(qt, bias=layer + ".bias" in job.expected,
+                                            info=record)
+    else:  # kept: converted to the keep dtype as it is read
+        floating = info.dtype.is_floating_point
+        writer.add(name, read_tensor(path, info, dtype=job.keep_dtype if floating else None))
+
+
 def quantize_folder(
     source: str | os.PathLike,
     scheme: Scheme | str,
     out: str | os.PathLike,
     *,
+    method: str | Method = "rtn",
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, Scheme | str] | None = None,
     keep_dtype: torch.dtype = torch.float16,
@@ -65,66 +158,33 @@ def quantize_folder(
     source_info: dict[str, Any] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> QuantizeReport:
-    """Quantize the Hugging Face folder ``source`` into the lowbit checkpoint ``out``."""
-    from accelerate import init_empty_weights
+    """Quantize the Hugging Face folder ``source`` into the lowbit checkpoint ``out`` with a
+    data-free ``method`` (a data-aware one is refused: see the module docstring)."""
     from tqdm import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    source = Path(source)
-    config = AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
-    with init_empty_weights(include_buffers=False):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    plan = plan_layers(skeleton, scheme, exclude=exclude, overrides=overrides).quantized
-    expected = dict(skeleton.state_dict())
+    chosen = get_method(method)
+    _refuse_data_aware(chosen)
+    src = _open_source(Path(source))
+    expected = {n: t.shape for n, t in src.skeleton.state_dict().items()}
     tied = {n for n in expected if is_output_head(n)} if getattr(
-        config, "tie_word_embeddings", False) else set()
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True,
-                                              trust_remote_code=False)
-    try:
-        generation_config = GenerationConfig.from_pretrained(source, local_files_only=True)
-    except OSError:
-        generation_config = None
-
+        src.config, "tie_word_embeddings", False) else set()
+    job = _Job(plan_layers(src.skeleton, scheme, exclude=exclude, overrides=overrides).quantized,
+               expected, tied, chosen, keep_dtype, type(src.skeleton).__name__)
     report = QuantizeReport()
     t0 = time.perf_counter()
-    meta = base_metadata(source_info, keep_dtype, config)
-    names = list(_source_tensors(source))
+    meta = base_metadata(source_info, keep_dtype, src.config)
+    names = list(_source_tensors(src.folder))
     with atomic_folder(Path(out), force=force) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         for path, info in tqdm(names, desc="quantize", unit="tensor", disable=not progress):
-            name = info.name
-            if name not in expected:
-                raise ValueError(f"{path}: tensor {name!r} is not part of the "
-                                 f"{type(skeleton).__name__} that config.json describes")
-            if name in tied:
-                continue
-            if tuple(info.shape) != tuple(expected[name].shape):
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
-                                 f"config.json implies {tuple(expected[name].shape)}")
-            layer = name[: -len(".weight")] if name.endswith(".weight") else None
-            if layer in plan:
-                w = read_tensor(path, info, dtype=torch.float32)
-                qt = quantize_rtn(w, plan[layer], name=layer)
-                for part, t in qt.tensors().items():
-                    writer.add(layer + QWEIGHT + part, t)
-                report.add(layer, plan[layer], qt.shape, qt.nbytes, weight_error(w, qt, layer))
-                meta["layers"][layer] = layer_entry(qt, bias=layer + ".bias" in expected,
-                                                    info=report.layers[layer])
-                del w, qt
-            else:  # kept: converted to the keep dtype chunk by chunk as it is read
-                floating = info.dtype.is_floating_point
-                tensor = read_tensor(path, info, dtype=keep_dtype if floating else None)
-                writer.add(name, tensor)
-                del tensor
+            _write_tensor(job, path, info, writer, meta, report)
         writer.flush()
-        missing = sorted(set(plan) - set(meta["layers"]))
+        missing = sorted(set(job.plan) - set(meta["layers"]))
         if missing:
             raise ValueError(f"{source}: no weights found for layers {missing[:5]}")
         meta["tensors"] = writer.weight_map
-        embedding = next(n for n, m in skeleton.named_modules()
-                         if m is skeleton.get_input_embeddings())
-        meta["aliases"] = dict.fromkeys(tied, embedding + ".weight")
-        save_config_and_tokenizer(tmp, config, tokenizer, generation_config)
+        meta["aliases"] = dict.fromkeys(tied, src.embedding)
+        save_config_and_tokenizer(tmp, src.config, src.tokenizer, src.generation_config)
         write_metadata(tmp, meta)
     report.seconds = time.perf_counter() - t0
     return report

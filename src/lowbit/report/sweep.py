@@ -90,7 +90,7 @@ def _make_row(base: nn.Module, name: str) -> tuple[nn.Module, dict[str, Any] | N
         model.lowbit_keep_dtype = torch.float16
         return model, None
     report = quantize(model, name, progress=False)
-    return model, report.layers
+    return model, report.table()
 
 
 def run_sweep(

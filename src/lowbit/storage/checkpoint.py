@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from lowbit.core.layer_record import LayerRecord
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.models.modules import is_output_head, set_submodule
@@ -140,12 +141,14 @@ def base_metadata(source: dict | None, keep_dtype: torch.dtype, config: Any) -> 
     }
 
 
-def layer_entry(qt: QTensor, *, bias: bool, info: dict | None = None) -> dict[str, Any]:
-    """A quantized layer's record in ``lowbit.json``: scheme, shape, sizes, and its weight
-    error when known (``info``: the layer's entry of a QuantizeReport)."""
+def layer_entry(qt: QTensor, *, bias: bool, info: LayerRecord | None = None) -> dict[str, Any]:
+    """A quantized layer's record in ``lowbit.json``: scheme (as JSON), shape, bias, sizes, and,
+    when ``info`` (the layer's :class:`LayerRecord`) knows them, its method and weight error."""
     entry = {"scheme": qt.scheme.to_json(), "shape": list(qt.shape), "bias": bias,
              "nbytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
-    entry.update({k: v for k, v in (info or {}).items() if k in ("rel_error", "exact")})
+    if info is not None:
+        known = {"method": info.method, "rel_error": info.rel_error, "exact": info.exact}
+        entry.update({k: v for k, v in known.items() if v is not None})
     return entry
 
 

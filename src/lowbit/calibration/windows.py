@@ -1,0 +1,72 @@
+"""Calibration tokens: fixed-length windows cut from a named text.
+
+The text is always named by the caller (a file under the data folder's ``text/`` or a path).
+The CLI's default is ``moby-dick-ch001-060.txt`` (:data:`lowbit.data.DEFAULT_CALIBRATION_TEXT`):
+chapters 1-60 of Moby-Dick, kept apart from the evaluation texts (chapters 61-100 and the
+2000-2015 State of the Union addresses), so calibration never sees what is measured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEFAULT_WINDOWS = 32
+DEFAULT_LENGTH = 512
+DEFAULT_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Token windows to run through a model, ``tokens`` of shape (windows, length), processed
+    ``batch_size`` windows at a time; ``source`` says where they came from (for reports)."""
+
+    tokens: torch.Tensor
+    batch_size: int = DEFAULT_BATCH
+    source: str = "tokens"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, torch.Tensor) or self.tokens.dim() != 2 \
+                or self.tokens.dtype != torch.int64 or self.tokens.numel() == 0:
+            raise TypeError("Calibration.tokens must be a non-empty int64 tensor of shape "
+                            "(windows, length)")
+        if self.batch_size < 1:
+            raise ValueError(f"calibration batch_size must be at least 1, got {self.batch_size}")
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.numel()
+
+    def batches(self) -> list[torch.Tensor]:
+        """The windows in batches of ``batch_size`` (the last one may be smaller)."""
+        return list(self.tokens.split(self.batch_size))
+
+    @classmethod
+    def from_text(cls, tokenizer: Any, text: str | os.PathLike[str], *,
+                  windows: int = DEFAULT_WINDOWS, length: int = DEFAULT_LENGTH,
+                  batch_size: int = DEFAULT_BATCH) -> Calibration:
+        """``windows`` windows of ``length`` tokens, evenly spread over the named text.
+
+        The text is tokenized once as the evaluation does (no special tokens; BOS written over
+        each window's first token when the tokenizer adds one) and cut into non-overlapping
+        windows; ValueError when it is too short."""
+        from lowbit.data import read_text
+        from lowbit.eval.perplexity import tokenize, tokenizer_adds_bos
+
+        if windows < 1 or length < 2:
+            raise ValueError(f"calibration needs windows >= 1 and length >= 2, got "
+                             f"windows={windows}, length={length}")
+        ids = torch.tensor(tokenize(tokenizer, read_text(text), add_bos=False), dtype=torch.int64)
+        available = ids.numel() // length
+        if available < windows:
+            raise ValueError(f"calibration text {str(text)!r} has {ids.numel()} tokens: "
+                             f"{available} windows of {length}, fewer than the {windows} asked "
+                             "for; use fewer or shorter windows, or a longer text")
+        starts = torch.linspace(0, available - 1, windows).round().long() * length
+        tokens = torch.stack([ids[s:s + length] for s in starts.tolist()])
+        if tokenizer_adds_bos(tokenizer):
+            tokens[:, 0] = int(tokenizer.bos_token_id)
+        return cls(tokens, batch_size, f"{os.fspath(text)} ({windows} x {length} tokens)")

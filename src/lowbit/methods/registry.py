@@ -1,0 +1,148 @@
+"""The registry of quantization methods: one protocol, looked up by name.
+
+A method is a function ``quantize_weight(w, scheme, stats, *, name) -> QTensor``: ``w`` is the
+float weight (out_features x in_features), ``scheme`` a parsed :class:`~lowbit.core.scheme.Scheme`,
+``stats`` the layer's :class:`~lowbit.calibration.stats.LayerStats` (None for a method that needs
+no data) and ``name`` the layer's name, for error messages. A method declares the statistics it
+needs (a subset of :data:`STATISTICS`); the pipeline collects exactly those.
+
+Adding a method is one file in ``lowbit/methods/`` that registers itself::
+
+    @register_method("mine", needs={"x2_mean"})
+    def quantize_mine(w, scheme, stats, *, name): ...
+
+Every module of the package is imported the first time the registry is read, so that file is
+all it takes for ``lowbit.quantize(..., method="mine")``, ``quantize_folder`` and the CLI's
+``--method`` to find it. Code outside the package calls :func:`register_method` itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from lowbit.calibration.stats import LayerStats
+    from lowbit.core.qtensor import QTensor
+    from lowbit.core.scheme import Scheme
+
+# What calibration can collect per Linear (see lowbit.calibration.stats for the definitions).
+STATISTICS = frozenset({"x2_mean", "act_max", "hessian"})
+
+
+class QuantizeWeight(Protocol):
+    """The signature every method implements."""
+
+    def __call__(self, w: torch.Tensor, scheme: Scheme, stats: LayerStats | None, *,
+                 name: str) -> QTensor: ...
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its name, its function and the statistics it needs."""
+
+    name: str
+    fn: QuantizeWeight
+    needs: frozenset[str]
+
+    @property
+    def data_aware(self) -> bool:
+        """True when the method needs calibration statistics (text run through the model)."""
+        return bool(self.needs)
+
+    def quantize_weight(self, w: torch.Tensor, scheme: Scheme | str,
+                        stats: LayerStats | None = None, *, name: str = "weight") -> QTensor:
+        """Run the method on one weight, checking its inputs and what it returns."""
+        from lowbit.core.qtensor import QTensor
+        from lowbit.core.scheme import Scheme
+
+        scheme = Scheme.parse(scheme) if isinstance(scheme, str) else scheme
+        if self.needs:
+            missing = sorted(self.needs if stats is None else stats.missing(self.needs))
+            if missing:
+                raise ValueError(f"{name}: method {self.name!r} needs calibration statistics "
+                                 f"{missing}; run it with calibration data "
+                                 "(lowbit.quantize(..., calibration=...))")
+        qt = self.fn(w, scheme, stats if self.needs else None, name=name)
+        if not isinstance(qt, QTensor):
+            raise TypeError(f"{name}: method {self.name!r} returned {type(qt).__name__}, "
+                            "not a QTensor")
+        if tuple(qt.shape) != tuple(w.shape):
+            raise ValueError(f"{name}: method {self.name!r} returned shape {tuple(qt.shape)} "
+                             f"for a weight of shape {tuple(w.shape)}")
+        return qt
+
+
+_REGISTRY: dict[str, Method] = {}
+_discovered = False
+
+
+def register_method(name: str, fn: QuantizeWeight | None = None, *,
+                    needs: Iterable[str] = ()) -> Callable | Method:
+    """Register ``fn`` as method ``name`` (or, without ``fn``, return a decorator that does).
+
+    ``needs``: the statistics the method reads from ``stats``; a name registered twice is an
+    error (call :func:`unregister_method` first to replace one)."""
+    wanted = frozenset(needs)
+    unknown = sorted(wanted - STATISTICS)
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown statistics {unknown}; "
+                         f"choose from {sorted(STATISTICS)}")
+    if not name or not name.replace("-", "_").isidentifier():
+        raise ValueError(f"method name {name!r}: use letters, digits, '_' or '-'")
+
+    def add(f: QuantizeWeight) -> QuantizeWeight:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered "
+                             f"(by {_REGISTRY[name].fn!r})")
+        _REGISTRY[name] = Method(name, f, wanted)
+        return f
+
+    if fn is None:
+        return add
+    add(fn)
+    return _REGISTRY[name]
+
+
+def unregister_method(name: str) -> None:
+    """Remove method ``name`` (for tests and for replacing a method); unknown -> ValueError."""
+    get_method(name)
+    del _REGISTRY[name]
+
+
+def _discover() -> None:
+    """Import every module of ``lowbit.methods`` once, so that each registers its methods."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import lowbit.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def get_method(method: str | Method) -> Method:
+    """The registered method of that name (a Method is returned as it is)."""
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name or a Method, got {type(method).__name__}")
+    _discover()
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; registered methods: "
+                         f"{', '.join(available_methods())}") from None
+
+
+def available_methods() -> list[str]:
+    """Names of every registered method, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
