@@ -61,14 +61,17 @@ class QuantizeReport:
         return {name: r.to_json() for name, r in self.layers.items()}
 
 
-def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype) -> None:
+def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype,
+                       skip: Iterable[str] = ()) -> None:
     """Round every float parameter that is not quantized to ``keep_dtype`` (values only: the
-    model keeps computing in its own dtype), so that saving in ``keep_dtype`` loses nothing."""
+    model keeps computing in its own dtype), so that saving in ``keep_dtype`` loses nothing.
+    ``skip``: Linears about to be quantized, whose weights (and any tied to them, such as a
+    tied embedding) are left as they are."""
+    skipped = {id(model.get_submodule(name).weight) for name in skip}
     with torch.no_grad():
-        for module in model.modules():  # a QuantLinear's only parameter is its bias
-            for p in module.parameters(recurse=False):
-                if p.is_floating_point() and p.dtype != keep_dtype:
-                    p.copy_(p.to(keep_dtype).to(p.dtype))
+        for p in model.parameters():  # a QuantLinear's only parameter is its bias
+            if p.is_floating_point() and p.dtype != keep_dtype and id(p) not in skipped:
+                p.copy_(p.to(keep_dtype).to(p.dtype))
 
 
 def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
@@ -101,13 +104,15 @@ def quantize(
 
     plan = plan_layers(model, scheme, exclude=exclude, overrides=overrides).quantized
     chosen = get_method(method)
+    if chosen.data_aware and calibration is None:
+        raise ValueError(f"method {chosen.name!r} needs calibration statistics "
+                         f"({', '.join(sorted(chosen.needs))}); pass calibration="
+                         "Calibration.from_text(tokenizer, text)")
     report = QuantizeReport()
     t0 = time.perf_counter()
+    # first, so that calibration runs through the kept tensors as they will be stored
+    round_kept_tensors(model, keep_dtype, skip=plan)
     if chosen.data_aware:
-        if calibration is None:
-            raise ValueError(f"method {chosen.name!r} needs calibration statistics "
-                             f"({', '.join(sorted(chosen.needs))}); pass calibration="
-                             "Calibration.from_text(tokenizer, text)")
 
         def on_block(stats: dict[str, LayerStats]) -> None:
             for name, layer_stats in stats.items():
@@ -121,7 +126,7 @@ def quantize(
                           stacklevel=2)
         for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
             _replace(model, name, plan[name], chosen, None, report)
-    round_kept_tensors(model, keep_dtype)
+    round_kept_tensors(model, keep_dtype)  # what was tied to a quantized weight
     model.lowbit_keep_dtype = keep_dtype
     report.seconds = time.perf_counter() - t0
     log.info("quantized %d layers with %s in %.1f s", len(plan), chosen.name, report.seconds)
