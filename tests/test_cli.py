@@ -63,3 +63,35 @@ def test_missing_source_is_a_clear_error(tmp_path: Path, capsys) -> None:
 def test_other_errors(argv, capsys) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and err.startswith("lowbit ")
+
+
+def test_quantize_with_a_data_aware_method(tiny_hf_dir: Path, tmp_path: Path, capsys) -> None:
+    """A data-aware method loads the model and calibrates on the named text."""
+    import json
+
+    from tests.calibration.helpers import Recorder, registered
+
+    text = tmp_path / "calib.txt"
+    text.write_text("The whale, the sea and the ship. " * 40, encoding="utf-8")
+    rec = Recorder()
+    with registered("recorder", rec):
+        code, out, err = run(capsys, "quantize", str(tiny_hf_dir), "--scheme", "int8-sym-g32",
+                             "-o", str(tmp_path / "q"), "--method", "recorder",
+                             "--calibration-text", str(text), "--calibration-windows", "3",
+                             "--calibration-length", "40")
+    assert code == 0, err
+    assert "method           recorder" in out and "calib.txt (3 x 40 tokens)" in out
+    assert len(rec.stats) == 14 and {s.n_tokens for s in rec.stats.values()} == {120}
+    meta = json.loads((tmp_path / "q" / "lowbit.json").read_text())
+    assert {e["method"] for e in meta["layers"].values()} == {"recorder"}
+    with registered("recorder", Recorder()):
+        code, _, err = run(capsys, "quantize", str(tiny_hf_dir), "--scheme", "int8-sym-g32",
+                           "-o", str(tmp_path / "q2"), "--method", "recorder",
+                           "--calibration-text", str(text), "--calibration-windows", "500")
+    assert code == 2 and "fewer than the 500 asked" in err
+
+
+def test_unknown_method_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "x", "--scheme", "int4-asym-g32", "-o", "o", "--method", "nope"])
+    assert exc.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

@@ -91,3 +91,38 @@ def test_real_smollm2_quantizes_and_still_answers(smollm2) -> None:
     assert report.nbytes * 8 / report.params == pytest.approx(8.0, abs=0.1)
     text = lowbit.generate(model, tok, "The capital of France is", max_new_tokens=8)
     assert "Paris" in text
+
+
+def test_report_records_name_the_method(tiny_llama) -> None:
+    model, _ = tiny_llama
+    report = lowbit.quantize(model, "int4-asym-g32", progress=False)
+    rec = report.layers["model.layers.0.mlp.up_proj"]
+    assert rec.method == "rtn" and rec.shape == (128, 64) and rec.rel_error > 0
+    assert rec.bits_per_weight == rec.nbytes * 8 / (128 * 64)
+    table = report.table()
+    assert set(table["model.layers.0.mlp.up_proj"]) == {
+        "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact"}
+
+
+def test_data_aware_method_needs_calibration(tiny_llama) -> None:
+    from tests.calibration.helpers import Recorder, registered
+
+    model, _ = tiny_llama
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with registered("recorder", Recorder()):
+        with pytest.raises(ValueError, match=r"'recorder' needs calibration .*Calibration"):
+            lowbit.quantize(model, "int4-asym-g32", method="recorder", progress=False)
+        with pytest.raises(ValueError, match="needs calibration statistics"):
+            QuantLinear.from_linear(model.lm_head, "int8-sym-channel", method="recorder")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    with pytest.raises(ValueError, match="unknown method 'nope'; registered methods: .*rtn"):
+        lowbit.quantize(model, "int4-asym-g32", method="nope", progress=False)
+
+
+def test_calibration_is_ignored_with_a_warning_for_rtn(tiny_llama) -> None:
+    from lowbit.calibration import Calibration
+
+    model, _ = tiny_llama
+    cal = Calibration(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.warns(UserWarning, match="needs no data; calibration is ignored"):
+        lowbit.quantize(model, "int8-sym-channel", calibration=cal, progress=False)

@@ -32,12 +32,16 @@ def test_streamed_checkpoint_equals_in_memory(tiny_llama, tmp_path: Path, shard_
     overrides = {"down_proj": "int8-sym-channel"}
     report = quantize_folder(src, "int4-asym-g32", tmp_path / "streamed", progress=False,
                              overrides=overrides)
-    lowbit.quantize(model, "int4-asym-g32", progress=False, overrides=overrides)
-    lowbit.save(model, tmp_path / "memory", tokenizer=tok)
+    in_memory = lowbit.quantize(model, "int4-asym-g32", progress=False, overrides=overrides)
+    lowbit.save(model, tmp_path / "memory", tokenizer=tok, layer_info=in_memory.layers)
     a, b = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(report.layers) == 14
+    meta = {k: json.loads((tmp_path / k / "lowbit.json").read_text())["layers"]
+            for k in ("streamed", "memory")}
+    assert meta["streamed"] == meta["memory"]
+    assert {e["method"] for e in meta["streamed"].values()} == {"rtn"}
     loaded, _ = lowbit.load(tmp_path / "streamed")
     ids = torch.arange(5, 30).reshape(1, -1)
     with torch.no_grad():
@@ -67,3 +71,23 @@ def test_truncated_source_shard_names_the_file(tiny_llama, tmp_path: Path) -> No
         quantize_folder(src, "int4-asym-g32", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_streaming_takes_registered_methods_and_refuses_data_aware_ones(tiny_hf_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    from lowbit.methods.rtn import quantize_rtn
+    from tests.calibration.helpers import Recorder, registered
+
+    def half_rtn(w, scheme, stats, *, name):  # a data-free method other than rtn
+        return quantize_rtn(w / 2, scheme, name=name)
+
+    with registered("test-half", half_rtn, needs=()):
+        report = quantize_folder(tiny_hf_dir, "int8-sym-channel", tmp_path / "half",
+                                 method="test-half", progress=False)
+    assert {r.method for r in report.layers.values()} == {"test-half"}
+    assert min(r.rel_error for r in report.layers.values()) > 0.45  # w/2 vs w: 0.5
+    refusal = r"'recorder' needs calibration statistics .*data-free methods only \(rtn\)"
+    with registered("recorder", Recorder()), pytest.raises(ValueError, match=refusal):
+        quantize_folder(tiny_hf_dir, "int8-sym-channel", tmp_path / "out", method="recorder",
+                        progress=False)
+    assert not (tmp_path / "out").exists()

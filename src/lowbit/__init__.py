@@ -2,8 +2,10 @@
 
 Tensors: ``quantize_tensor(w, "int4-asym-g128") -> QTensor``, ``Scheme.parse(name)``,
 ``get_format(name)``, ``weight_error(w, qt)``.
-Models: ``load_model(source)``, ``quantize(model, scheme)``, ``save(model, dir)``, ``load(dir)``,
-``generate(model, tokenizer, prompt)``.
+Models: ``load_model(source)``, ``quantize(model, scheme, method=..., calibration=...)``,
+``save(model, dir)``, ``load(dir)``, ``generate(model, tokenizer, prompt)``.
+Methods: ``available_methods()``, ``register_method(name, fn, needs=...)``; calibration data:
+``Calibration.from_text(tokenizer, text)``.
 
 ``import lowbit`` itself imports nothing heavy: torch is imported with the first name that needs
 it, transformers and safetensors only when a model function runs.
@@ -17,14 +19,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from lowbit.calibration import Calibration
     from lowbit.core.qtensor import QTensor
     from lowbit.core.scheme import Scheme
     from lowbit.eval.weights import WeightError, weight_error
     from lowbit.formats import get_format
+    from lowbit.methods import available_methods, register_method
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Calibration": ("lowbit.calibration", "Calibration"),
+    "available_methods": ("lowbit.methods", "available_methods"),
+    "register_method": ("lowbit.methods", "register_method"),
     "formats": ("lowbit.formats", None),
     "get_format": ("lowbit.formats", "get_format"),
     "QTensor": ("lowbit.core.qtensor", "QTensor"),
@@ -52,7 +59,9 @@ def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weigh
 def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
     """Replace a model's nn.Linear layers by packed QuantLinear layers, in place.
 
-    See :func:`lowbit.pipeline.inmemory.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
+    ``method``: a registered method (default ``"rtn"``); a data-aware one needs
+    ``calibration=Calibration.from_text(tokenizer, text)`` and runs block by block. See
+    :func:`lowbit.pipeline.inmemory.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
     """
     from lowbit.pipeline.inmemory import quantize as _quantize
 
@@ -92,6 +101,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 
 __all__ = [
+    "Calibration", "available_methods", "register_method",
     "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "load",
     "load_model", "quantize", "quantize_tensor", "save", "weight_error", "__version__",
 ]
