@@ -146,3 +146,31 @@ def test_real_smollm2_round_trip(smollm2, tmp_path: Path) -> None:
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     assert "Paris" in lowbit.generate(loaded, tok2, "The capital of France is",
                                       max_new_tokens=6)
+
+
+# --- older format versions ----------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_version_1_checkpoint_loads_bit_identically() -> None:
+    """A checkpoint written by lowbit 3f96b7c (format version 1, see
+    tests/fixtures/make_checkpoint_v1.py) gives the weights and logits recorded then, exactly."""
+    import hashlib
+
+    import numpy as np
+
+    from lowbit.pipeline.inmemory import quantized_layers
+
+    folder = FIXTURES / "checkpoint_v1"
+    assert json.loads((folder / META_FILE).read_text())["version"] == 1
+    expected = json.loads((FIXTURES / "checkpoint_v1_expected.json").read_text())
+    model, tok = lowbit.load(folder)
+    layers = quantized_layers(model)
+    assert {n: str(q.scheme) for n, q in layers.items()} == expected["schemes"]
+    for name, q in layers.items():
+        digest = hashlib.sha256(q.qweight.dequantize().contiguous().numpy().tobytes()).hexdigest()
+        assert digest == expected["weights_sha256"][name], name
+    with torch.no_grad():
+        logits = model(torch.tensor(expected["ids"])).logits
+    assert np.array_equal(logits.numpy(), np.load(FIXTURES / "checkpoint_v1_logits.npy"))
+    assert tok.decode(expected["ids"][0][1:]) == "Hello there"
