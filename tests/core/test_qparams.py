@@ -176,3 +176,10 @@ def test_bad_perm_is_rejected(perm: torch.Tensor, message: str) -> None:
     qt = lowbit.quantize_tensor(weights((8, 64)), "int4-sym-g32")
     with pytest.raises(ValueError, match=r"blk\.1: " + message):
         QTensor.from_tensors(qt.scheme, qt.shape, {**qt.tensors(), "perm": perm}, name="blk.1")
+
+
+def test_primitives_are_exported_lazily() -> None:
+    import lowbit.core.qparams as qparams
+
+    for name in ("QParams", "choose_qparams", "quantize_with_qparams", "dequantize_codes"):
+        assert getattr(lowbit, name) is getattr(qparams, name)
