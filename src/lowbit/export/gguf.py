@@ -199,7 +199,8 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: s
         slot = TensorSlot(g, shape[-1], len(shape), meta.layer_index(g))
         if mod is not None and not requantize:
             t = lossless_type(mod.scheme)
-            if t is None or shape[-1] % 32:
+            # ggml has no column permutation: a permuted layer cannot go out as stored
+            if t is None or shape[-1] % 32 or mod.qweight.perm is not None:
                 unmappable.append((hf_name, mod.scheme))
                 continue
             entries.append(_Entry(g, shape, t, module=mod))
