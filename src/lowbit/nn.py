@@ -84,8 +84,10 @@ class QuantLinear(nn.Module):
     def kernel_choice(self, choice: KernelChoice) -> None:
         if not isinstance(choice, KernelChoice):
             raise TypeError(f"kernel_choice takes a KernelChoice, got {type(choice).__name__}")
-        self._choice = choice
-        self._dispatch.clear()
+        if choice != self._choice:
+            self._drop_layout()  # frees e.g. a cached weight as soon as it is no longer wanted
+            self._choice = choice
+            self._dispatch.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
