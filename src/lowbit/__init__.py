@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "formats": ("lowbit.formats", None),
+    "kernels": ("lowbit.kernels", None),
     "get_format": ("lowbit.formats", "get_format"),
     "QTensor": ("lowbit.core.qtensor", "QTensor"),
     "QParams": ("lowbit.core.qparams", "QParams"),
@@ -96,6 +97,6 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 
 __all__ = [
-    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "load",
+    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "kernels", "load",
     "load_model", "quantize", "quantize_tensor", "save", "weight_error", "__version__",
 ]
