@@ -106,7 +106,8 @@ class QuantLinear(nn.Module):
         """Pick the kernel for calls on ``device_type`` with ``dtype`` and remember it."""
         pinned = self._choice.kernel
         shape = (self.out_features, self.in_features)
-        kernel = registry.select(self.scheme, shape, device_type, dtype, pinned=pinned)
+        kernel = registry.select(self.scheme, shape, device_type, dtype, pinned=pinned,
+                                 permuted="perm" in self._parts)
         if pinned is not None and kernel.name != pinned:
             warnings.warn(f"kernel {pinned!r} cannot run {self.scheme} {shape} on {device_type} "
                           f"with {dtype} activations; running {kernel.name!r} instead",

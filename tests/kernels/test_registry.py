@@ -210,3 +210,35 @@ def test_bad_choices_are_errors() -> None:
     with pytest.raises(TypeError, match="floating-point input"):
         model(torch.ones(1, 96, dtype=torch.int64))
     assert math.isfinite(float(model(torch.ones(1, 96)).sum()))
+
+
+def test_zero_point_domain_and_column_permutation_are_traits() -> None:
+    """A kernel for float zero points and stored column order is not chosen for a zpint layer
+    or for a layer whose columns are permuted (act-order); the reference runs those."""
+    from lowbit.core.qparams import choose_qparams, quantize_with_qparams
+    from lowbit.core.qtensor import QTensor
+
+    kernel = kernels.register(Kernel(
+        "test-asym-float-zero", lambda x, qw, b, layout, opts: torch.nn.functional.linear(
+            x, qw.dequantize(x.dtype), b), priority=10,
+        traits=Traits(zero_point_domains={"float"}, permuted=False)))
+    try:
+        x = torch.randn(3, 96)
+        assert ran(_ran(layer("int4-asym-g32"), x)) == {kernel.name}
+        assert ran(_ran(layer("int4-asym-g32-zpint"), x)) == {"reference"}
+        assert ran(_ran(layer("int4-sym-g32"), x)) == {"reference"}  # no zero point at all
+        w = torch.randn(20, 96, generator=torch.Generator().manual_seed(1))
+        perm = torch.randperm(96, generator=torch.Generator().manual_seed(2))
+        qp = choose_qparams(w[:, perm], "int4-asym-g32")
+        qt = QTensor.from_codes(quantize_with_qparams(w[:, perm], qp), qp,
+                                perm=perm.to(torch.int32))
+        permuted = QuantLinear(qt)
+        assert ran(_ran(permuted, x)) == {"reference"}
+        assert torch.equal(permuted(x), x @ qt.dequantize().T)
+    finally:
+        kernels.unregister(kernel.name)
+
+
+def _ran(m: QuantLinear, x: torch.Tensor) -> QuantLinear:
+    m(x)
+    return m

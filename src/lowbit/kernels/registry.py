@@ -37,7 +37,10 @@ class Traits:
 
     ``kinds`` are element format kinds (``int``, ``float``, ``codebook``); ``formats`` element
     format names as in scheme names (``int8``, ``nf4``); ``granularities`` are ``tensor``,
-    ``channel`` and ``block``; ``zero_point`` is whether the scheme stores zero points (asym).
+    ``channel`` and ``block``; ``zero_point`` is whether the scheme stores zero points (asym);
+    ``zero_point_domains`` which kind (``float``: ``code*scale + zero``, ``int``: ``(code - zp) *
+    scale``; a symmetric scheme has ``none``); ``permuted`` whether the layer's input columns
+    are stored in another order (GPTQ's act-order ``perm``).
     """
 
     kinds: frozenset[str] | None = None
@@ -46,10 +49,12 @@ class Traits:
     granularities: frozenset[str] | None = None
     block_sizes: frozenset[int] | None = None
     zero_point: bool | None = None
+    zero_point_domains: frozenset[str] | None = None
     scale_formats: frozenset[str] | None = None
     double_quant: bool | None = None
     tensor_scale: bool | None = None
     outliers: bool | None = None
+    permuted: bool | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,14 +62,16 @@ class Traits:
             if value is not None and not isinstance(value, bool):
                 object.__setattr__(self, f.name, _frozen(value))
 
-    def accepts(self, scheme: Scheme) -> bool:
-        """Whether every trait of ``scheme`` is one this kernel handles."""
+    def accepts(self, scheme: Scheme, permuted: bool = False) -> bool:
+        """Whether every trait of ``scheme`` (and of a layer stored with a column permutation,
+        when ``permuted``) is one this kernel handles."""
         have = {
             "kinds": scheme.element_format.kind, "formats": scheme.format, "bits": scheme.bits,
             "granularities": scheme.granularity, "block_sizes": scheme.block_size,
             "zero_point": not scheme.symmetric, "scale_formats": scheme.scale_format,
             "double_quant": scheme.double_quant, "tensor_scale": scheme.tensor_scale,
-            "outliers": scheme.outliers is not None,
+            "outliers": scheme.outliers is not None, "permuted": permuted,
+            "zero_point_domains": "none" if scheme.symmetric else scheme.zero_point,
         }
         for name, value in have.items():
             want = getattr(self, name)
@@ -106,11 +113,11 @@ class Kernel:
         object.__setattr__(self, "options", tuple((str(k), v) for k, v in self.options))
 
     def supports(self, scheme: Scheme, shape: tuple[int, int], device_type: str,
-                 dtype: torch.dtype) -> bool:
+                 dtype: torch.dtype, permuted: bool = False) -> bool:
         """Whether this kernel can run a layer of ``scheme`` and ``shape`` on that call."""
         return ((self.devices is None or device_type in self.devices)
                 and (self.dtypes is None or dtype in self.dtypes)
-                and self.traits.accepts(scheme)
+                and self.traits.accepts(scheme, permuted)
                 and (self.fits is None or self.fits(*shape)))
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,17 +187,17 @@ REFERENCE = "reference"
 
 
 def select(scheme: Scheme, shape: tuple[int, int], device_type: str, dtype: torch.dtype,
-           pinned: str | None = None) -> Kernel:
+           pinned: str | None = None, permuted: bool = False) -> Kernel:
     """The kernel for one call: ``pinned`` if it supports the call, else the best registered
     kernel that does (highest priority, then registration order); the reference at worst."""
     if pinned is not None:
         kernel = get(pinned)
-        if kernel.supports(scheme, shape, device_type, dtype):
+        if kernel.supports(scheme, shape, device_type, dtype, permuted):
             return kernel
     best: Kernel | None = None
     for k in _KERNELS:
-        if k.supports(scheme, shape, device_type, dtype) and (best is None
-                                                               or k.priority > best.priority):
+        if k.supports(scheme, shape, device_type, dtype, permuted) and (
+                best is None or k.priority > best.priority):
             best = k
     assert best is not None, "the reference kernel supports every call"
     return best
