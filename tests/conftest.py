@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: tiny models built locally (fast) and the real built-in models (slow).
+"""Shared pytest fixtures: devices, tiny models built locally (fast) and the real built-in models
+(slow).
 
-Sections: cache isolation, tiny tokenizer and Llama, tiny model files (HF folder, GGUF), real
-models. Real-model fixtures are session-scoped and use the real lowbit cache.
+Sections: devices, cache isolation, tiny tokenizer and Llama, tiny model files (HF folder, GGUF),
+real models. Real-model fixtures are session-scoped and use the real lowbit cache.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ def pytest_configure(config: pytest.Config) -> None:
         # Each worker would otherwise start one torch thread per core; on 2 cores with 2 workers
         # that made SmolLM2 decoding about 3-5x slower (measured: 32 tokens 2.6 s vs 8.6-14.8 s).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+# ---------------------------------------------------------------- devices
+
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Every device a test should run on: the CPU always, a CUDA GPU when there is one."""
+    return torch.device(request.param)
 
 
 # ---------------------------------------------------------------- cache isolation

@@ -83,7 +83,8 @@ def test_unknown_version_and_missing_file_errors(quantized, tmp_path: Path) -> N
     meta = json.loads((out / META_FILE).read_text())
     meta["version"] = 99
     (out / META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"lowbit\.json: checkpoint format version 99"):
+    with pytest.raises(ValueError,
+                       match=r"lowbit\.json: checkpoint format version 99.*versions 1, 2"):
         lowbit.load(out)
     with pytest.raises(FileNotFoundError, match="no lowbit.json"):
         lowbit.load(tmp_path)
@@ -146,3 +147,65 @@ def test_real_smollm2_round_trip(smollm2, tmp_path: Path) -> None:
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     assert "Paris" in lowbit.generate(loaded, tok2, "The capital of France is",
                                       max_new_tokens=6)
+
+
+# --- older format versions ----------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_version_1_checkpoint_loads_bit_identically() -> None:
+    """A checkpoint written by lowbit 3f96b7c (format version 1, see
+    tests/fixtures/make_checkpoint_v1.py) gives the weights and logits recorded then, exactly."""
+    import hashlib
+
+    import numpy as np
+
+    from lowbit.pipeline.inmemory import quantized_layers
+
+    folder = FIXTURES / "checkpoint_v1"
+    assert json.loads((folder / META_FILE).read_text())["version"] == 1
+    expected = json.loads((FIXTURES / "checkpoint_v1_expected.json").read_text())
+    model, tok = lowbit.load(folder)
+    layers = quantized_layers(model)
+    assert {n: str(q.scheme) for n, q in layers.items()} == expected["schemes"]
+    for name, q in layers.items():
+        digest = hashlib.sha256(q.qweight.dequantize().contiguous().numpy().tobytes()).hexdigest()
+        assert digest == expected["weights_sha256"][name], name
+    with torch.no_grad():
+        logits = model(torch.tensor(expected["ids"])).logits
+    assert np.array_equal(logits.numpy(), np.load(FIXTURES / "checkpoint_v1_logits.npy"))
+    assert tok.decode(expected["ids"][0][1:]) == "Hello there"
+
+
+def test_version_2_round_trip_with_int_zero_point_and_perm(tiny_llama, tmp_path: Path) -> None:
+    """An integer zero point (zpint) and an input-column permutation survive save -> load bit
+    for bit, and lowbit.json says version 2 with scheme JSON version 2."""
+    from lowbit.core.qparams import choose_qparams, quantize_with_qparams
+    from lowbit.core.qtensor import QTensor
+    from lowbit.nn import QuantLinear
+    from lowbit.pipeline.inmemory import quantized_layers
+
+    model, tok = tiny_llama
+    lowbit.quantize(model, "int4-asym-g32-zpint", progress=False)
+    name = "model.layers.0.mlp.down_proj"
+    layer = model.get_submodule(name)
+    w = layer.weight  # the dequantized weight: requantizing it permuted is a real new layer
+    perm = torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0)).int()
+    qp = choose_qparams(w[:, perm.long()], "int4-asym-g32-zpint")
+    qt = QTensor.from_codes(quantize_with_qparams(w[:, perm.long()], qp), qp, perm=perm)
+    model.model.layers[0].mlp.down_proj = QuantLinear(qt, layer.bias)
+    out = lowbit.save(model, tmp_path / "ck", tokenizer=tok)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["version"] == 2
+    assert meta["layers"][name]["scheme"]["zero_point"] == "int"
+    assert meta["layers"][name]["scheme"]["version"] == 2
+    assert name + ".qweight.perm" in meta["tensors"]
+    loaded, _ = lowbit.load(out)
+    before, after = quantized_layers(model), quantized_layers(loaded)
+    assert before.keys() == after.keys()
+    for n in before:
+        a, b = before[n].qweight.tensors(), after[n].qweight.tensors()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), n
+    assert torch.equal(after[name].qweight.perm, perm)
+    assert after[name].qweight.zero.dtype == torch.uint8
+    assert torch.equal(_logits(model), _logits(loaded))

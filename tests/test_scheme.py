@@ -84,6 +84,7 @@ def schemes(draw):
         "scale_format": draw(st.sampled_from([None, *SCALE_FORMATS])),
         "double_quant": draw(st.booleans()),
         "tensor_scale": draw(st.booleans()),
+        "zero_point": draw(st.sampled_from(["float", "int"])),
         "outliers": draw(st.one_of(
             st.none(),
             st.integers(1, 10**9).map(lambda k: Outliers(count=k)),
@@ -117,15 +118,48 @@ def test_json_content():
     assert d["block_size"] == 128 and d["symmetric"] is False
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+@pytest.mark.parametrize("version", [None, 0, 3, "1", True])
 def test_json_version_rejected(version):
     d = Scheme.parse("nf4-g64").to_json()
     if version is None:
         del d["version"]
     else:
         d["version"] = version
-    with pytest.raises(ValueError, match=f"version {version!r} is not supported.*version 1"):
+    with pytest.raises(ValueError, match=f"version {version!r} is not supported.*versions 1 and 2"):
         Scheme.from_json(d)
+
+
+# Version 1 as lowbit 3f96b7c wrote it (copied from tests/fixtures/checkpoint_v1/lowbit.json):
+# no zero_point field, so every zero point is a float.
+V1_INT4_ASYM_G32 = {
+    "block_size": 32, "double_quant": False, "format": "int4", "granularity": "block",
+    "name": "int4-asym-g32", "outliers": None, "scale_format": "fp16", "symmetric": False,
+    "tensor_scale": False, "version": 1,
+}
+
+
+def test_json_version_1_still_reads():
+    s = Scheme.from_json(V1_INT4_ASYM_G32)
+    assert s == Scheme.parse("int4-asym-g32") and s.zero_point == "float"
+    with pytest.raises(ValueError, match="version 1 has no zero_point"):
+        Scheme.from_json({**V1_INT4_ASYM_G32, "zero_point": "int"})
+
+
+def test_json_version_2_holds_the_zero_point():
+    d = Scheme.parse("int4-asym-g128-zpint").to_json()
+    assert d["version"] == 2 and d["zero_point"] == "int" and d["name"] == "int4-asym-g128-zpint"
+    assert Scheme.parse("int4-asym-g128").to_json()["zero_point"] == "float"
+
+
+# --- zero-point domain -------------------------------------------------------------------------
+def test_zpint_names():
+    s = Scheme.parse("int4-asym-g128-zpint")
+    assert s.zero_point == "int" and not s.symmetric and str(s) == "int4-asym-g128-zpint"
+    assert Scheme.parse("int4-zpint-asym-g128") == s  # parts in any order, printed canonically
+    assert Scheme.parse("int4-asym-g128").zero_point == "float"  # old names mean what they meant
+    assert s != Scheme.parse("int4-asym-g128")
+    assert str(Scheme.parse("int8-asym-channel-bf16scale-zpint-out5")) == \
+        "int8-asym-channel-bf16scale-zpint-out5"
 
 
 # --- outliers ----------------------------------------------------------------------------------
@@ -141,7 +175,7 @@ def test_outliers():
 
 
 # --- bad names: the error names the wrong part and lists the valid choices ---------------------
-PART_CHOICES = ["sym", "asym", "tensor", "channel", "gN", "dq", "ts", "outK", "outP%",
+PART_CHOICES = ["sym", "asym", "tensor", "channel", "gN", "zpint", "dq", "ts", "outK", "outP%",
                 *(f"{s}scale" for s in SCALE_FORMATS)]
 
 
@@ -183,6 +217,12 @@ def test_unknown_part(name, part):
     ("int4-g32-out0", "outliers: count must be >= 1, got 0"),
     ("int4-g32-out0%", "outliers: fraction must be in (0, 1), got 0.0"),
     ("int4-g32-out100%", "outliers: fraction must be in (0, 1), got 1.0"),
+    ("int4-g32-zpint", "integer zero point (zpint) is for asymmetric integer schemes"),
+    ("int4-sym-g32-zpint", "integer zero point (zpint) is for asymmetric integer schemes"),
+    ("nf4-g64-zpint", "integer zero point (zpint) is for asymmetric integer schemes"),
+    ("fp8-e4m3-channel-zpint", "integer zero point (zpint) is for asymmetric integer schemes"),
+    ("int4-asym-g32-zpint-zpint", "'zpint' repeats the zero_point part"),
+    ("int4-asym-g32-e8m0scale-zpint", "asymmetric needs a float scale format"),
 ])
 def test_invalid_combinations(name, expected):
     with pytest.raises(ValueError) as err:
@@ -219,6 +259,8 @@ def test_direct_construction_errors_list_choices():
         Scheme("int4", granularity="channel", block_size=32)
     with pytest.raises(ValueError, match="block size must be between"):
         Scheme("int4", granularity="block")
+    with pytest.raises(ValueError, match="unknown zero point domain 'none'.*'float' or 'int'"):
+        Scheme("int4", symmetric=False, zero_point="none")
 
 
 def test_with_():

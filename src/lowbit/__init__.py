@@ -33,8 +33,13 @@ _LAZY = {
     "available_methods": ("lowbit.methods", "available_methods"),
     "register_method": ("lowbit.methods", "register_method"),
     "formats": ("lowbit.formats", None),
+    "kernels": ("lowbit.kernels", None),
     "get_format": ("lowbit.formats", "get_format"),
     "QTensor": ("lowbit.core.qtensor", "QTensor"),
+    "QParams": ("lowbit.core.qparams", "QParams"),
+    "choose_qparams": ("lowbit.core.qparams", "choose_qparams"),
+    "quantize_with_qparams": ("lowbit.core.qparams", "quantize_with_qparams"),
+    "dequantize_codes": ("lowbit.core.qparams", "dequantize_codes"),
     "Scheme": ("lowbit.core.scheme", "Scheme"),
     "WeightError": ("lowbit.eval.weights", "WeightError"),
     "weight_error": ("lowbit.eval.weights", "weight_error"),
@@ -102,6 +107,6 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 __all__ = [
     "Calibration", "available_methods", "register_method",
-    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "load",
+    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "kernels", "load",
     "load_model", "quantize", "quantize_tensor", "save", "weight_error", "__version__",
 ]

@@ -145,6 +145,28 @@ def test_unmappable_scheme_lists_nearest_types(tiny_source, tmp_path):
     assert np.array_equal(v.reshape(w.shape), ggml.dequantize(ggml.quantize(w, t), t))
 
 
+def test_int_zero_point_and_permuted_layers_are_not_written_as_stored(tiny_source, tmp_path):
+    """ggml's Q4_1 stores a float minimum and no column order: a zpint layer, or a Q4_0-shaped
+    layer with a column permutation, must be refused (or requantized), never written as is."""
+    from lowbit.core.qparams import choose_qparams, quantize_with_qparams
+    from lowbit.core.qtensor import QTensor
+    from lowbit.nn import QuantLinear
+
+    path, model, tok = tiny_source
+    quantize(model, "int4-sym-g32", overrides={"up_proj": "int4-asym-g32-zpint"}, progress=False)
+    layer = model.model.layers[0].mlp.gate_proj
+    w = layer.qweight.dequantize()
+    perm = torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0))
+    qp = choose_qparams(w[:, perm], layer.scheme)
+    qt = QTensor.from_codes(quantize_with_qparams(w[:, perm], qp), qp, perm=perm.to(torch.int32))
+    model.model.layers[0].mlp.gate_proj = QuantLinear(qt)
+    ckpt = save(model, tmp_path / "ckpt", tokenizer=tok)
+    with pytest.raises(ValueError, match=r"up_proj.*int4-asym-g32-zpint") as err:
+        to_gguf(ckpt, tmp_path / "out.gguf")
+    assert "layers.0.mlp.gate_proj" in str(err.value)
+    assert not (tmp_path / "out.gguf").exists()
+
+
 def test_float_source_needs_a_type_and_existing_file_needs_force(tiny_gguf, tmp_path,
                                                                  lowbit_cache):
     with pytest.raises(ValueError, match="give the GGUF type"):

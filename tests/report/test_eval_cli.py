@@ -1,17 +1,24 @@
 """``lowbit eval`` on a tiny checkpoint: the table, the --json record against docs/eval-json.md,
-the default baseline, and the error for a missing data file; plus the evaluation helpers."""
+the default baseline, and the error for a missing data file; plus the evaluation helpers, and the
+evaluation through the layers' kernels against the old path (float32 ``nn.Linear`` layers)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from lowbit import kernels
 from lowbit.cli import main
-from lowbit.eval.suite import materialized
+from lowbit.eval.reference import prepare_reference
+from lowbit.eval.suite import evaluate
+from lowbit.models.modules import set_submodule
+from lowbit.nn import QuantLinear
 from lowbit.report.plots import pareto_front
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "eval-json.md"
@@ -48,6 +55,10 @@ def test_eval_json_record_matches_the_documented_schema(tiny_hf_dir, data_dir, t
     layers = rec["weight_error"]["layers"]
     assert len(layers) == 14 and all(0 < v["rel_error"] < 0.5 for v in layers.values())
     assert rec["artifact"] is False
+    # perplexity/KL ran every layer through the reference kernel with its weight cached; the
+    # speed run through the layers as chosen (the default: dequantize at every call)
+    assert rec["kernels"] == {"reference(cache_weight=True)": 14}
+    assert rec["speed"]["kernels"] == {"reference": 14}
 
 
 def test_eval_missing_text_says_where_it_looked(data_dir, capsys):
@@ -64,22 +75,52 @@ def test_sweep_missing_question_file_fails_before_loading(data_dir, tmp_path, ca
     assert str(data_dir / "choice" / "nope.jsonl") in err
 
 
-def test_materialized_gives_the_quantlinear_logits_exactly(tiny_llama):
-    import copy
+def materialized_copy(model: nn.Module) -> nn.Module:
+    """The old evaluation path: a copy where every QuantLinear is an nn.Linear holding its weight
+    dequantized to float32."""
+    old = copy.deepcopy(model)
+    for name, m in list(old.named_modules()):
+        if isinstance(m, QuantLinear):
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            lin.weight = nn.Parameter(m.qweight.dequantize(torch.float32), requires_grad=False)
+            if m.bias is not None:
+                lin.bias = nn.Parameter(m.bias.detach().float(), requires_grad=False)
+            set_submodule(old, name, lin)
+    return old
 
-    from lowbit.nn import QuantLinear
+
+def without_seconds(obj):
+    """``obj`` with every timing field left out (the only figures that may differ by run)."""
+    if isinstance(obj, dict):
+        return {k: without_seconds(v) for k, v in obj.items() if "seconds" not in k}
+    return obj
+
+
+def test_evaluation_through_kernels_equals_the_old_materialized_path(tiny_llama, data_dir,
+                                                                      fast_settings):
+    """Tolerance: none. The reference kernel with ``cache_weight`` dequantizes each weight once to
+    the activations' dtype (float32 here) and calls ``F.linear`` with it, as nn.Linear does with
+    the same float32 weight: the same products in the same order, so every figure is equal."""
     from lowbit.pipeline.inmemory import quantize
 
-    model = copy.deepcopy(tiny_llama[0])
+    base, tok = tiny_llama
+    model = copy.deepcopy(base)
     quantize(model, "nf4-g64", progress=False)
-    ids = torch.randint(0, 200, (1, 40), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(ids).logits
-        with materialized(model):
-            assert not any(isinstance(m, QuantLinear) for m in model.modules())
-            got = model(ids).logits
-    assert torch.equal(ref, got)  # same float32 weights, same matmuls: bit-identical
-    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14  # put back
+    kernels.use(model, "reference")  # a user's choice: kept, and given the cache for the run
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = prepare_reference(base, tok, fast_settings)
+    new = evaluate(model, tok, ref, fast_settings, name="q", scheme="nf4-g64")
+    old = evaluate(materialized_copy(model), tok, ref, fast_settings, name="q", scheme="nf4-g64",
+                   layers=new["weight_error"]["layers"])
+    assert new["summary"]["kld_mean"] > 0
+    for key in ("summary", "texts", "choice"):
+        assert without_seconds(new[key]) == without_seconds(old[key]), key
+    assert new["kernels"] == {"reference(cache_weight=True)": 14} and old["kernels"] == {}
+    # afterwards: the user's choice is back, the cached weights are gone, storage unchanged
+    assert {v.choice for v in kernels.layers(model).values()} == {"reference"}
+    assert not any(n.startswith("_layout_") for n, _ in model.named_buffers())
+    after = model.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
 
 
 def test_pareto_front_on_hand_made_points():

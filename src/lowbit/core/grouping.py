@@ -53,3 +53,20 @@ def to_groups(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
         w = torch.cat([w, w[:, -1:].expand(out_f, pad)], dim=1)
     return w.reshape(out_f, -1, n)
 
+
+
+CHUNK_ELEMENTS = 1 << 18  # weights per slice of rows (1 MiB of float32): bounds memory, fits cache
+
+
+def row_slices(n_rows: int, n_cols: int) -> list[slice]:
+    """Slices of rows of about ``CHUNK_ELEMENTS`` weights, each a multiple of 8 rows (so that
+    every slice of codes packs into whole bytes at any bit width)."""
+    rows = max(8, CHUNK_ELEMENTS // max(1, n_cols) // 8 * 8)
+    return [slice(i, i + rows) for i in range(0, n_rows, rows)]
+
+
+def row_groups(chunk: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """(rows, G, L) groups of a slice of rows; a per-tensor scale is treated per row here."""
+    if scheme.granularity == "tensor":
+        return chunk.unsqueeze(1)
+    return to_groups(chunk, scheme)

@@ -4,6 +4,8 @@ Codes are laid end to end as a little-endian bit stream: code ``i`` occupies bit
 ``[i*bits, (i+1)*bits)``, bit 0 being the least significant bit of byte 0. For 4 bits this is
 "two codes a byte, the first in the low nibble"; every 8 codes take exactly ``bits`` bytes, and a
 final partial group is padded with zero bits.
+
+Both directions run on the device of their input; every constant is made there.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ _CHUNK = 1 << 20  # codes per chunk (a multiple of 8) for the int64 path: bounds
 def _pack_groups(flat: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack a multiple of 8 codes through one int64 word per 8 codes (8*bits <= 56 bits)."""
     groups = flat.view(-1, 8).to(torch.int64)
-    shifts = torch.arange(8, dtype=torch.int64) * bits
+    shifts = torch.arange(8, dtype=torch.int64, device=flat.device) * bits
     words = (groups << shifts).sum(dim=1)
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
     return ((words.unsqueeze(1) >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
 
 
@@ -84,9 +86,9 @@ def unpack(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 def _unpack_groups(flat: torch.Tensor, bits: int) -> torch.Tensor:
     """Unpack whole groups of ``bits`` bytes (8 codes each)."""
     groups = flat.view(-1, bits).to(torch.int64)
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
     words = (groups << byte_shifts).sum(dim=1)
-    shifts = torch.arange(8, dtype=torch.int64) * bits
+    shifts = torch.arange(8, dtype=torch.int64, device=flat.device) * bits
     return ((words.unsqueeze(1) >> shifts) & (2**bits - 1)).to(torch.uint8).reshape(-1)
 
 

@@ -9,12 +9,16 @@ Layout, for a weight of shape (out_features, in_features) and a scheme with G gr
 * ``codes``: uint8, the ``out*in`` codes packed row-major (``lowbit.core.packing``).
 * ``scale``: (R, G) in the scale format's storage dtype, R = 1 for a per-tensor scale, else
   ``out``. Under double quantization it holds int8 codes of the scales (as uint8) instead.
-* ``zero``: (R, G) like ``scale``, asymmetric schemes only: the value of code 0, so a weight is
-  ``code * scale + zero``.
+* ``zero``: (R, G), asymmetric schemes only. Float zero point (the default): in the scale
+  format, the value of code 0, so a weight is ``code * scale + zero``. Integer zero point
+  (``zpint``): uint8 codes in the element's unsigned range, ``w = (code - zero) * scale``.
 * ``scale_scale`` (fp32, one per 256 scales) and ``scale_mean`` (fp32, 1): double quantization.
 * ``tensor_scale``: fp32 (1,), a second-level scale for the whole tensor (NVFP4).
 * ``outlier_index`` (int32, k) and ``outlier_value`` (fp16, k): weights kept out of the grid,
-  by flat index.
+  by flat index into the stored (out, in) layout (the permuted one when ``perm`` is set).
+* ``perm``: int32 (in,), an input-column permutation (GPTQ's act-order): stored column k is
+  column ``perm[k]`` of the original weight, and groups are formed over the stored order.
+  :meth:`QTensor.dequantize` returns the weight in the original column order.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.core.packing import unpack
+from lowbit.core.packing import pack, packed_nbytes, unpack
+from lowbit.core.qparams import QParams, dequantize_codes
 from lowbit.core.scheme import DQ_BLOCK, Scheme
 from lowbit.formats import IntFormat, get_format
 
 _TENSOR_FIELDS = (
     "codes", "scale", "zero", "scale_scale", "scale_mean", "tensor_scale",
-    "outlier_index", "outlier_value",
+    "outlier_index", "outlier_value", "perm",
 )
 
 
@@ -47,6 +52,25 @@ class QTensor:
     tensor_scale: torch.Tensor | None = None
     outlier_index: torch.Tensor | None = None
     outlier_value: torch.Tensor | None = None
+    perm: torch.Tensor | None = None
+
+    @classmethod
+    def from_codes(
+        cls, codes: torch.Tensor, qparams: QParams, *,
+        outliers: tuple[torch.Tensor, torch.Tensor] | None = None,
+        perm: torch.Tensor | None = None,
+    ) -> QTensor:
+        """Pack ``codes`` (uint8, unpacked, ``qparams.shape``) with the stored pieces of
+        ``qparams``; ``outliers`` is (int32 flat index, fp16 value), ``perm`` see the module."""
+        if codes.dtype != torch.uint8 or tuple(codes.shape) != qparams.shape:
+            raise ValueError(f"codes: expected uint8 of shape {qparams.shape}, got "
+                             f"{codes.dtype} of shape {tuple(codes.shape)}")
+        index, value = outliers if outliers is not None else (None, None)
+        qt = cls(scheme=qparams.scheme, shape=qparams.shape,
+                 codes=pack(codes.contiguous(), qparams.scheme.bits), outlier_index=index,
+                 outlier_value=value, perm=perm, **qparams.stored())
+        qt.validate()
+        return qt
 
     # --- sizes -------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -83,6 +107,21 @@ class QTensor:
             s = s * self.tensor_scale
         return s
 
+    def effective_zero(self) -> torch.Tensor | None:
+        """The float32 zero of every group, (R, G): the value of code 0 (float zero point) or
+        the zero-point code (``zpint``); None when symmetric."""
+        if self.zero is None:
+            return None
+        if self.scheme.zero_point == "int":
+            return self.zero.to(torch.float32)
+        return self.scheme.scale_fmt.decode(self.zero)
+
+    def qparams(self) -> QParams:
+        """The scales and zero points of this tensor, working and stored values."""
+        return QParams(self.scheme, self.shape, self.effective_scale(), self.effective_zero(),
+                       self.scale, self.zero, self.scale_scale, self.scale_mean,
+                       self.tensor_scale)
+
     def element_values(self) -> torch.Tensor:
         """The decoded codes as float32 (out, in), before scaling."""
         fmt = self.scheme.element_format
@@ -92,17 +131,14 @@ class QTensor:
         return fmt.decode(codes)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight this QTensor stands for, shape ``self.shape``."""
-        out_f, in_f = self.shape
-        w = self.element_values()
-        group = self.scheme.group_size(in_f)
-        s = _expand(self.effective_scale(), out_f, in_f, group, self.scheme)
-        w.mul_(s)
-        if self.zero is not None:
-            w.add_(_expand(self.scheme.scale_fmt.decode(self.zero), out_f, in_f, group,
-                           self.scheme))
+        """The weight this QTensor stands for, shape ``self.shape``, in the original column
+        order."""
+        codes = unpack(self.codes, self.scheme.bits, self.numel).view(self.shape)
+        w = dequantize_codes(codes, self.qparams())
         if self.outlier_index is not None:
             w.view(-1)[self.outlier_index.long()] = self.outlier_value.to(torch.float32)
+        if self.perm is not None:
+            w = w[:, torch.argsort(self.perm.long())]
         return w.to(dtype)
 
     # --- (de)serialisation --------------------------------------------------------------
@@ -123,8 +159,6 @@ class QTensor:
 
     def validate(self, name: str = "weight") -> None:
         """Raise ValueError (naming ``name``) if a stored piece does not fit the shape/scheme."""
-        from lowbit.core.packing import packed_nbytes
-
         out_f, in_f = self.shape
         expected_codes = packed_nbytes(self.numel, self.scheme.bits)
         if self.codes.dtype != torch.uint8 or self.codes.numel() != expected_codes:
@@ -140,11 +174,28 @@ class QTensor:
             )
         if (self.zero is not None) == self.scheme.symmetric:
             raise ValueError(f"{name}: zero point presence does not match scheme {self.scheme}")
+        if self.zero is not None:
+            self._validate_zero(name, (rows, groups))
+        if self.perm is not None:
+            self._validate_perm(name)
 
+    def _validate_zero(self, name: str, shape: tuple[int, int]) -> None:
+        if tuple(self.zero.shape) != shape:
+            raise ValueError(f"{name}: zero should have shape {shape}, got "
+                             f"{tuple(self.zero.shape)}")
+        if self.scheme.zero_point == "float":
+            return
+        qmax = self.scheme.element_format.qmax
+        if self.zero.dtype != torch.uint8 or bool((self.zero > qmax).any()):
+            raise ValueError(f"{name}: an integer zero point (zpint) should be uint8 codes in "
+                             f"[0, {qmax}], got {self.zero.dtype} up to {int(self.zero.max())}")
 
-def _expand(s: torch.Tensor, out_f: int, in_f: int, group: int, scheme: Scheme) -> torch.Tensor:
-    """Broadcastable (out, in) view of per-group values ``s`` of shape (R, G)."""
-    if scheme.granularity != "block":
-        return s  # (1, 1) or (out, 1): broadcasts as is
-    return s.repeat_interleave(group, dim=1)[:, :in_f]
+    def _validate_perm(self, name: str) -> None:
+        in_f = self.shape[1]
+        p = self.perm
+        if p.dtype != torch.int32 or tuple(p.shape) != (in_f,):
+            raise ValueError(f"{name}: perm should be int32 of shape ({in_f},), got {p.dtype} "
+                             f"of shape {tuple(p.shape)}")
+        if not torch.equal(torch.sort(p.long()).values, torch.arange(in_f, device=p.device)):
+            raise ValueError(f"{name}: perm is not a permutation of range({in_f})")
 

@@ -2,7 +2,7 @@
 
 Grammar of a name (parts joined by ``-``, in this order)::
 
-    FORMAT [sym|asym] (tensor|channel|gN) [SCALEscale] [dq] [ts] [outK|outP%]
+    FORMAT [sym|asym] (tensor|channel|gN) [SCALEscale] [zpint] [dq] [ts] [outK|outP%]
 
 * FORMAT: ``int2``..``int8``, ``nf4``, ``bnb-fp4``, ``fp8-e4m3``, ``fp8-e5m2``, ``fp6-e2m3``,
   ``fp6-e3m2``, ``fp4-e2m1``.
@@ -11,6 +11,10 @@ Grammar of a name (parts joined by ``-``, in this order)::
   consecutive weights along the input dimension, 16 <= N <= 256. Default ``tensor``.
 * ``SCALEscale``: the scale's own format, one of ``fp32``, ``fp16``, ``bf16``, ``e8m0``,
   ``e4m3``. Default fp16 for blocks, fp32 for a tensor or channel.
+* ``zpint``: the zero point is an integer code (GPTQ, AWQ, ONNX, compressed-tensors), stored as
+  uint8 per group: ``w = (code - zp) * scale``. Asymmetric integer schemes only. Without it the
+  zero point is a float in the scale format, the value of code 0: ``w = code * scale + zero``
+  (llama.cpp's Q4_1); that is the default, and what every name without ``zpint`` has meant.
 * ``dq``: double quantization of the scales (QLoRA): int8 per 256 scales with an fp32 scale.
 * ``ts``: a second-level fp32 scale for the whole tensor (NVFP4).
 * ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights in fp16.
@@ -30,6 +34,7 @@ from typing import Any, Literal
 from lowbit.formats import Format, IntFormat, get_format
 
 Granularity = Literal["tensor", "channel", "block"]
+ZeroPointDomain = Literal["float", "int"]
 
 ELEMENT_FORMATS = (
     "int2", "int3", "int4", "int5", "int6", "int7", "int8",
@@ -38,7 +43,7 @@ ELEMENT_FORMATS = (
 SCALE_FORMATS = ("fp32", "fp16", "bf16", "e8m0", "e4m3")
 MIN_BLOCK, MAX_BLOCK = 16, 256
 DQ_BLOCK = 256  # scales per second-level block under double quantization (QLoRA)
-SCHEME_JSON_VERSION = 1
+SCHEME_JSON_VERSION = 2  # 2 added zero_point; version 1 (no zero_point) is still read
 
 ALIASES: dict[str, str] = {
     "mxfp8": "fp8-e4m3-g32-e8m0scale",
@@ -102,6 +107,7 @@ class Scheme:
     double_quant: bool = False
     tensor_scale: bool = False
     outliers: Outliers | None = None
+    zero_point: ZeroPointDomain = "float"  # "int": w = (code - zp) * scale; see module docstring
 
     def __post_init__(self) -> None:
         if self.format not in ELEMENT_FORMATS:
@@ -142,6 +148,14 @@ class Scheme:
             raise ValueError("double quantization (dq) is for symmetric schemes")
         if self.tensor_scale and self.scale_format not in ("e4m3", "bf16", "fp16"):
             raise ValueError("a tensor scale (ts) goes with a low-precision scale format (e4m3)")
+        if self.zero_point not in ("float", "int"):
+            raise ValueError(
+                f"unknown zero point domain {self.zero_point!r}; use 'float' or 'int' (zpint)"
+            )
+        if self.zero_point == "int" and self.symmetric:
+            raise ValueError(
+                "an integer zero point (zpint) is for asymmetric integer schemes (add asym)"
+            )
 
     # --- derived -----------------------------------------------------------------------
     @property
@@ -220,6 +234,8 @@ class Scheme:
             fields["block_size"] = int(m.group(1))
         elif token.endswith("scale") and token[: -len("scale")] in SCALE_FORMATS:
             once("scale_format", token[: -len("scale")])
+        elif token == "zpint":
+            once("zero_point", "int")
         elif token == "dq":
             once("double_quant", True)
         elif token == "ts":
@@ -232,7 +248,7 @@ class Scheme:
             raise ValueError(
                 f"scheme {name!r}: unknown part {token!r}; valid parts: sym, asym, tensor, "
                 f"channel, gN (N in {MIN_BLOCK}..{MAX_BLOCK}), "
-                f"{', '.join(s + 'scale' for s in SCALE_FORMATS)}, dq, ts, outK, outP%"
+                f"{', '.join(s + 'scale' for s in SCALE_FORMATS)}, zpint, dq, ts, outK, outP%"
             )
 
     def canonical(self) -> str:
@@ -244,6 +260,8 @@ class Scheme:
         default_scale = "fp16" if self.granularity == "block" else "fp32"
         if self.scale_format != default_scale:
             parts.append(f"{self.scale_format}scale")
+        if self.zero_point == "int":
+            parts.append("zpint")
         if self.double_quant:
             parts.append("dq")
         if self.tensor_scale:
@@ -268,14 +286,17 @@ class Scheme:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scheme:
-        """Inverse of :meth:`to_json`; rejects unknown versions."""
+        """Inverse of :meth:`to_json`; also reads version 1 (before ``zero_point``: every zero
+        point was a float); rejects unknown versions."""
         version = d.get("version")
-        if version != SCHEME_JSON_VERSION:
+        if version not in (1, SCHEME_JSON_VERSION) or isinstance(version, bool):
             raise ValueError(
                 f"scheme JSON version {version!r} is not supported (this lowbit reads "
-                f"version {SCHEME_JSON_VERSION})"
+                f"versions 1 and {SCHEME_JSON_VERSION})"
             )
         fields = {k: v for k, v in d.items() if k not in ("version", "name")}
+        if version == 1 and "zero_point" in fields:
+            raise ValueError("scheme JSON version 1 has no zero_point field; found one")
         if fields.get("outliers"):
             fields["outliers"] = Outliers(**fields["outliers"])
         return cls(**fields)

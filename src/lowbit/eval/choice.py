@@ -115,6 +115,17 @@ def choice_logliks(
     return out
 
 
+def _question_list(questions: Sequence[Question] | str | os.PathLike[str],
+                   max_questions: int | None) -> list[Question]:
+    """The questions to score: loaded from a file when given a path, cut to ``max_questions``."""
+    qs = load_questions(questions) if isinstance(questions, (str, os.PathLike)) else list(questions)
+    if max_questions is not None:
+        qs = qs[:max_questions]
+    if not qs:
+        raise ValueError("choice_accuracy: no questions")
+    return qs
+
+
 def choice_accuracy(
     model: torch.nn.Module,
     tokenizer: Tokenizer,
@@ -129,11 +140,7 @@ def choice_accuracy(
 ) -> ChoiceResult:
     """Multiple-choice accuracy of ``model``; with ``baseline`` (a model, its result or its picks),
     also the rate of picking the same answer as the baseline."""
-    qs = load_questions(questions) if isinstance(questions, (str, os.PathLike)) else list(questions)
-    if max_questions is not None:
-        qs = qs[:max_questions]
-    if not qs:
-        raise ValueError("choice_accuracy: no questions")
+    qs = _question_list(questions, max_questions)
     dev = torch.device(device) if device is not None else None
     t0 = time.perf_counter()
     it = qs

@@ -128,6 +128,18 @@ def kl_rows(base: torch.Tensor, quant: torch.Tensor) -> tuple[torch.Tensor, torc
     return kl, same
 
 
+def _base_logits(base: torch.nn.Module | BaseLogits, windows: Windows, i: int,
+                 device: torch.device) -> torch.Tensor:
+    """The base's logits for window ``i``'s scored rows: run the base model, or read them."""
+    if isinstance(base, torch.nn.Module):
+        return _scored_logits(base, windows, i, device)
+    lb = base(i)
+    expected = windows.targets(i).shape[0]
+    if lb.shape[0] != expected:
+        raise ValueError(f"base logits of window {i} have {lb.shape[0]} rows, expected {expected}")
+    return lb
+
+
 @torch.no_grad()
 def divergence(
     base: torch.nn.Module | BaseLogits,
@@ -151,13 +163,7 @@ def divergence(
     t0 = time.perf_counter()
     for i in window_progress(windows, progress, "divergence"):
         targets = windows.targets(i)
-        if base_model is not None:
-            lb = _scored_logits(base_model, windows, i, bdev)
-        else:
-            lb = base(i)
-            if lb.shape[0] != targets.shape[0]:
-                raise ValueError(f"base logits of window {i} have {lb.shape[0]} rows, "
-                                 f"expected {targets.shape[0]}")
+        lb = _base_logits(base, windows, i, bdev)
         lq = _scored_logits(quant, windows, i, qdev).to(lb.device)
         kl, same = kl_rows(lb, lq)
         kls.append(kl.cpu().numpy())

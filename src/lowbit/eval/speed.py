@@ -3,14 +3,16 @@
 Prefill: one forward over a prompt of ``prompt_tokens`` tokens. Decode: greedy generation of
 ``new_tokens`` tokens one at a time with the KV cache (``past_key_values``) after that prefill;
 only the decode steps are timed. Prompts are seeded random token ids (speed does not depend on
-which tokens they are). On CUDA the device is synchronised around every timed region.
+which tokens they are). On CUDA the device is synchronised around every timed region. The
+model's quantized layers run the kernels they have chosen (``lowbit.kernels``); the result
+says which ran.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ class SpeedResult:
     repeats: int
     device: str
     threads: int
+    kernels: dict[str, int] = field(default_factory=dict)  # kernel label -> layers that ran it
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON fields: the ones above."""
@@ -81,7 +84,10 @@ def measure_speed(
             "measure_speed: prompt_tokens, new_tokens and repeats must be >= 1 and warmup >= 0, "
             f"got {prompt_tokens}, {new_tokens}, {repeats}, {warmup}"
         )
+    from lowbit import kernels
+
     device = model_device(model)
+    kernels.reset_ran(model)
     vocab = vocab_size if vocab_size is not None else _vocab_size(model)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, prompt_tokens), generator=gen).to(device)
@@ -107,4 +113,5 @@ def measure_speed(
         repeats=repeats,
         device=str(device),
         threads=torch.get_num_threads(),
+        kernels=kernels.tally(model),
     )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowbit import kernels
 from lowbit.eval.choice import choice_accuracy
 from lowbit.eval.divergence import divergence
 from lowbit.eval.layers import layer_table, stored_bytes
@@ -25,37 +26,20 @@ from lowbit.eval.reference import Reference, Step, _no_step, text_windows
 from lowbit.eval.settings import SCHEMA, EvalSettings
 from lowbit.eval.speed import measure_speed
 from lowbit.eval.stats import RunningMean
-from lowbit.models.modules import set_submodule
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def materialized(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every QuantLinear of ``model`` is an nn.Linear holding its dequantized
-    weight (float32): the same products as QuantLinear's forward (which dequantizes to the input's
-    dtype at each call and multiplies), without paying the dequantization at every forward.
-    The QuantLinear modules are put back afterwards."""
-    from lowbit.nn import QuantLinear
-
-    swapped: list[tuple[str, nn.Module]] = []
-    try:
-        for name, m in list(model.named_modules()):
-            if not isinstance(m, QuantLinear):
-                continue
-            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
-                            device="meta")
-            lin.weight = nn.Parameter(m.qweight.dequantize(dtype=torch.float32),
-                                      requires_grad=False)
-            if m.bias is not None:
-                lin.bias = nn.Parameter(m.bias.detach().float(), requires_grad=False)
-            set_submodule(model, name, lin)
-            swapped.append((name, m))
+def evaluation_kernels(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every QuantLinear of ``model`` runs its chosen kernel, and wherever that
+    is the reference kernel it keeps its dequantized weight (``cache_weight``: one float weight
+    per layer in memory, instead of dequantizing at every forward of every window). Each layer's
+    previous kernel choice is put back afterwards, which frees those weights."""
+    with kernels.saved(model):
+        if kernels.quant_layers(model):
+            kernels.configure(model, kernels.REFERENCE, cache_weight=True)
         yield model
-    finally:
-        for name, m in swapped:
-            set_submodule(model, name, m)
-
 
 
 # ---------------------------------------------------------------- the record
@@ -122,41 +106,15 @@ def evaluate(
     rec["source"] = {k: src.get(k) for k in ("name", "kind", "sha256")} if src else None
     if layers is None:
         layers = layer_table(model, None if reference is None else reference.model)
-    params = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
-    qbytes = sum(v["nbytes"] for v in layers.values())
-    errs = [v["rel_error"] for v in layers.values() if v.get("rel_error") is not None]
-    exact = sorted(n for n, v in layers.items() if v.get("exact"))
-    rec["bits_per_weight"] = qbytes * 8 / params if params else None
-    rec["linear_params"] = params
-    rec["linear_bytes"] = qbytes
-    rec["disk_bytes"] = disk_bytes if disk_bytes is not None else stored_bytes(model)
-    rec["memory_bytes"] = model_bytes(model).total_bytes
-    rec["weight_error"] = {
-        "mean_rel": float(np.mean(errs)) if errs else None,
-        "max_rel": float(np.max(errs)) if errs else None,
-        "layers": layers,
-    }
-    rec["artifact"] = bool(exact) and not is_baseline
-    rec["exact_layers"] = exact
-
-    step("dequantize weights")
-    with materialized(model):
+    rec.update(_sizes(model, layers, disk_bytes, is_baseline))
+    kernels.reset_ran(model)
+    with evaluation_kernels(model):
         texts, results, choice = _quality(model, tokenizer, reference, settings, is_baseline,
                                           step)
+    rec["kernels"] = kernels.tally(model)
     rec["texts"] = texts
-    if is_baseline or reference is None:
-        nll = RunningMean()
-        for t in texts.values():
-            nll.add(t["mean_nll"] * t["n_scored"], 0.0, t["n_scored"])
-        ppl = math.exp(nll.mean) if nll.n else None
-        rec["summary"] = ({"kld_mean": 0.0, "kld_median": 0.0, "kld_p99": 0.0,
-                           "top1_agreement": 1.0, "ppl_base": ppl, "ppl": ppl,
-                           "ppl_change": 0.0, "n_scored": nll.n}
-                          if is_baseline else {"ppl": ppl, "n_scored": nll.n}) if nll.n else {}
-    else:
-        rec["summary"] = _pool(results)
+    rec["summary"] = _summary(texts, results, reference, is_baseline)
     rec["choice"] = choice
-
     rec["speed"] = rec["memory"] = None
     if settings.speed:
         step("speed")
@@ -166,6 +124,46 @@ def evaluate(
         rec["speed"], rec["memory"] = speed.to_dict(), mem.to_dict()
     rec["seconds"] = time.perf_counter() - t_start
     return rec
+
+
+def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int | None,
+           is_baseline: bool) -> dict[str, Any]:
+    """Bits per weight, bytes (linear layers, disk, memory) and weight error of the record."""
+    params = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
+    qbytes = sum(v["nbytes"] for v in layers.values())
+    errs = [v["rel_error"] for v in layers.values() if v.get("rel_error") is not None]
+    exact = sorted(n for n, v in layers.items() if v.get("exact"))
+    return {
+        "bits_per_weight": qbytes * 8 / params if params else None,
+        "linear_params": params,
+        "linear_bytes": qbytes,
+        "disk_bytes": disk_bytes if disk_bytes is not None else stored_bytes(model),
+        "memory_bytes": model_bytes(model).total_bytes,
+        "weight_error": {
+            "mean_rel": float(np.mean(errs)) if errs else None,
+            "max_rel": float(np.max(errs)) if errs else None,
+            "layers": layers,
+        },
+        "artifact": bool(exact) and not is_baseline,
+        "exact_layers": exact,
+    }
+
+
+def _summary(texts: dict[str, Any], results: Sequence[Any], reference: Reference | None,
+             is_baseline: bool) -> dict[str, Any]:
+    """The texts pooled: KL and perplexity against the baseline, or perplexity alone."""
+    if not is_baseline and reference is not None:
+        return _pool(results)
+    nll = RunningMean()
+    for t in texts.values():
+        nll.add(t["mean_nll"] * t["n_scored"], 0.0, t["n_scored"])
+    if not nll.n:
+        return {}
+    ppl = math.exp(nll.mean)
+    if not is_baseline:
+        return {"ppl": ppl, "n_scored": nll.n}
+    return {"kld_mean": 0.0, "kld_median": 0.0, "kld_p99": 0.0, "top1_agreement": 1.0,
+            "ppl_base": ppl, "ppl": ppl, "ppl_change": 0.0, "n_scored": nll.n}
 
 
 def _quality(model: nn.Module, tokenizer: Any, reference: Reference | None,

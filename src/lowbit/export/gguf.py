@@ -93,8 +93,6 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
     preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
     """
-    from lowbit.storage.checkpoint import is_checkpoint
-
     t0 = time.perf_counter()
     out = Path(out_path)
     if out.exists() and not force:
@@ -102,22 +100,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
     preset = None if qtype is None else check_preset(qtype)
-    if is_checkpoint(source):
-        from lowbit.storage.checkpoint import load
-
-        if requantize and preset is None:
-            raise ValueError("requantize=True (--requantize) needs a type to requantize to "
-                             f"(qtype / --type: one of {', '.join(PRESETS)})")
-        model, _ = load(source)
-        keep = _KEEP_TYPES[getattr(model, "lowbit_keep_dtype", torch.float16)]
-    else:
-        from lowbit.models import load_model
-
-        if preset is None:
-            raise ValueError(f"{source} is a float model: give the GGUF type to quantize it to "
-                             f"(qtype / --type: one of {', '.join(PRESETS)})")
-        model, _ = load_model(source)
-        keep = "F32"
+    model, keep = _load_source(source, preset, requantize)
     config = model.config
     arch = meta.gguf_arch(config)
     src_info = getattr(config, "lowbit_source", None)
@@ -143,6 +126,28 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         file_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
         shapes={e.name: e.shape for e in entries},
     )
+
+
+def _load_source(source: str | os.PathLike, preset: str | None, requantize: bool
+                 ) -> tuple[torch.nn.Module, str]:
+    """The model to export and the GGUF type its kept float tensors go out as."""
+    from lowbit.storage.checkpoint import is_checkpoint
+
+    if is_checkpoint(source):
+        from lowbit.storage.checkpoint import load
+
+        if requantize and preset is None:
+            raise ValueError("requantize=True (--requantize) needs a type to requantize to "
+                             f"(qtype / --type: one of {', '.join(PRESETS)})")
+        model, _ = load(source)
+        return model, _KEEP_TYPES[getattr(model, "lowbit_keep_dtype", torch.float16)]
+    from lowbit.models import load_model
+
+    if preset is None:
+        raise ValueError(f"{source} is a float model: give the GGUF type to quantize it to "
+                         f"(qtype / --type: one of {', '.join(PRESETS)})")
+    model, _ = load_model(source)
+    return model, "F32"
 
 
 # ---------------------------------------------------------------- planning
@@ -194,7 +199,8 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: s
         slot = TensorSlot(g, shape[-1], len(shape), meta.layer_index(g))
         if mod is not None and not requantize:
             t = lossless_type(mod.scheme)
-            if t is None or shape[-1] % 32:
+            # ggml has no column permutation: a permuted layer cannot go out as stored
+            if t is None or shape[-1] % 32 or mod.qweight.perm is not None:
                 unmappable.append((hf_name, mod.scheme))
                 continue
             entries.append(_Entry(g, shape, t, module=mod))

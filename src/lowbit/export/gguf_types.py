@@ -127,7 +127,8 @@ def preset_type(slot: TensorSlot, preset: str, *, n_layer: int, n_gqa: int,
 def lossless_type(scheme: Scheme) -> str | None:
     """The GGUF type that stores `scheme`'s codes and scales exactly, or None."""
     if (scheme.granularity != "block" or scheme.block_size != 32 or scheme.scale_format != "fp16"
-            or scheme.double_quant or scheme.tensor_scale or scheme.outliers is not None):
+            or scheme.double_quant or scheme.tensor_scale or scheme.outliers is not None
+            or scheme.zero_point != "float"):  # ggml's Q4_1/Q5_1 store a float minimum
         return None
     return LOSSLESS.get((scheme.format, scheme.symmetric))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -69,7 +69,26 @@ class Format(ABC):
 
     def all_codes(self) -> torch.Tensor:
         """Every code of the format, in order (``0 .. 2**bits - 1``)."""
-        return torch.arange(2**self.bits, dtype=torch.int64).to(self.storage_dtype)
+        return torch.arange(2**self.bits, dtype=torch.int64, device="cpu").to(self.storage_dtype)
+
+    def on_device(self, attr: str, device: torch.device) -> Any:
+        """``self.<attr>`` (a cached CPU tensor, or a tuple of tensors and numbers) on ``device``,
+        copied once per device so decode and encode run where the codes are."""
+        cache: dict[tuple[str, torch.device], Any] = self.__dict__.setdefault("_per_device", {})
+        key = (attr, torch.device(device))
+        value = cache.get(key)
+        if value is None:
+            value = getattr(self, attr)
+            if isinstance(value, tuple):
+                value = tuple(_to(v, device) for v in value)
+            else:
+                value = _to(value, device)
+            cache[key] = value
+        return value
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 _REGISTRY: dict[str, Format] = {}

@@ -32,7 +32,7 @@ class Codebook(Format):
     @cached_property
     def table(self) -> torch.Tensor:
         """float32 value of every code, indexed by code."""
-        return torch.tensor(self.values, dtype=torch.float32)
+        return torch.tensor(self.values, dtype=torch.float32, device="cpu")
 
     @cached_property
     def _sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,9 +57,9 @@ class Codebook(Format):
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
         x = self._check(x, saturate)
-        values, codes, _, _ = self._sorted
-        cell_below, cell_threshold, cell_tie_up = self._cells
-        lo, hi = float(values[0]), float(values[-1])
+        codes = self.on_device("_sorted", x.device)[1]
+        cell_below, cell_threshold, cell_tie_up = self.on_device("_cells", x.device)
+        lo, hi = self.min, self.max
         n_cells = cell_threshold.numel()
         xc = x.clamp(lo, hi)
         cell = ((xc - lo) * ((n_cells - 1) / (hi - lo))).to(torch.int32).reshape(-1)
@@ -71,7 +71,7 @@ class Codebook(Format):
     def encode_reference(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
         """The plain implementation (search over the thresholds); ``encode`` must equal it."""
         x = self._check(x, saturate)
-        values, codes, threshold, exact = self._sorted
+        values, codes, threshold, exact = self.on_device("_sorted", x.device)
         # searchsorted(right=False) sends x == threshold[i] to values[i] (the lower one): right
         # unless it is an exact tie on the negative side, which goes up, towards zero
         idx = torch.searchsorted(threshold, x.contiguous())
@@ -84,9 +84,8 @@ class Codebook(Format):
         x = as_float32(x)
         if torch.isnan(x).any():
             raise ValueError(f"{self.name} has no NaN: cannot encode NaN")
-        values = self._sorted[0]
-        if not saturate and ((x < values[0]) | (x > values[-1])).any():
-            raise ValueError(f"value outside the {self.name} range [{values[0]}, {values[-1]}]")
+        if not saturate and ((x < self.min) | (x > self.max)).any():
+            raise ValueError(f"value outside the {self.name} range [{self.min}, {self.max}]")
         return x
 
     @cached_property
@@ -104,15 +103,16 @@ class Codebook(Format):
         n_cells = 2 ** max(4, math.ceil(math.log2(4 * (hi - lo) / gap)))
         cell_of = ((threshold - lo) * ((n_cells - 1) / (hi - lo))).to(torch.int64)
         assert torch.unique(cell_of).numel() == threshold.numel(), "cells too coarse"
-        below = torch.searchsorted(cell_of, torch.arange(n_cells))  # thresholds in earlier cells
-        cell_threshold = torch.full((n_cells,), math.inf)
+        # thresholds in earlier cells
+        below = torch.searchsorted(cell_of, torch.arange(n_cells, device="cpu"))
+        cell_threshold = torch.full((n_cells,), math.inf, device="cpu")
         cell_threshold[cell_of] = threshold
-        tie_up = torch.zeros(n_cells, dtype=torch.bool)
+        tie_up = torch.zeros(n_cells, dtype=torch.bool, device="cpu")
         tie_up[cell_of] = exact & (threshold < 0)
         return below, cell_threshold, tie_up
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.table[codes.long()]
+        return self.on_device("table", codes.device)[codes.long()]
 
 
 # NF4 as bitsandbytes and QLoRA ship it (the float32 constants of bitsandbytes' kernels).
@@ -134,9 +134,9 @@ def normal_float_levels(bits: int = 4, offset: float = 0.9677083) -> tuple[float
     """
     n_pos, n_neg = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     quantile = torch.special.ndtri
-    pos = quantile(torch.linspace(offset, 0.5, n_pos + 1, dtype=torch.float64)[:-1])
-    neg = -quantile(torch.linspace(offset, 0.5, n_neg + 1, dtype=torch.float64)[:-1])
-    values = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
+    pos = quantile(torch.linspace(offset, 0.5, n_pos + 1, dtype=torch.float64, device="cpu")[:-1])
+    neg = -quantile(torch.linspace(offset, 0.5, n_neg + 1, dtype=torch.float64, device="cpu")[:-1])
+    values = torch.cat([pos, pos.new_zeros(1), neg]).sort().values
     values = values / values.abs().max()
     return tuple(float(v) for v in values.to(torch.float32))
 

@@ -31,7 +31,8 @@ class IEEEFloat(Format):
         """Every bit pattern in order (``0 .. 2**bits - 1``) viewed as the dtype; 16-bit only."""
         if self.bits > 16:
             raise ValueError(f"{self.name} has 2**{self.bits} codes, too many to enumerate")
-        return torch.arange(2**self.bits, dtype=torch.int32).to(torch.int16).view(self.dtype)
+        codes = torch.arange(2**self.bits, dtype=torch.int32, device="cpu")
+        return codes.to(torch.int16).view(self.dtype)
 
     def encode(self, x: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
         x = as_float32(x)

@@ -73,7 +73,7 @@ class MiniFloat(Format):
             v = self._magnitude(e, m) if special is None else special
             negative = self.signed and code >> (self.bits - 1)
             values.append(-v if negative else v)
-        return torch.tensor(values, dtype=torch.float64).to(torch.float32)
+        return torch.tensor(values, dtype=torch.float64, device="cpu").to(torch.float32)
 
     @cached_property
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -82,11 +82,11 @@ class MiniFloat(Format):
         code of +max. Consecutive magnitudes have consecutive codes."""
         max_code = self._max_code
         mags = self.table[: max_code + 1].double()
-        ext = torch.cat([mags, torch.tensor([self._past_max], dtype=torch.float64)])
+        ext = torch.cat([mags, mags.new_tensor([self._past_max])])
         mid = (ext[:-1] + ext[1:]) / 2
         # ties to even: with mantissa bits, the even code has an even mantissa; with none (E8M0)
         # the upper neighbour has the even significand (1.0 * 2^e vs 10.0 * 2^e), so round up.
-        upper_codes = torch.arange(1, max_code + 2)
+        upper_codes = torch.arange(1, max_code + 2, device="cpu")
         tie_up = (upper_codes % 2 == 0) if self.man_bits > 0 else torch.ones_like(upper_codes,
                                                                                  dtype=torch.bool)
         return mid.to(torch.float32), tie_up, mags.to(torch.float32), max_code
@@ -109,7 +109,7 @@ class MiniFloat(Format):
     # --- encode / decode ---------------------------------------------------------------
     def _round_magnitude(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes of the nearest magnitudes to ``a >= 0`` (ties to even) and where it overflowed."""
-        mid, tie_up, _, max_code = self._grid
+        mid, tie_up, _, max_code = self.on_device("_grid", a.device)
         idx = torch.searchsorted(mid, a.contiguous())
         last = idx.clamp(max=mid.numel() - 1)
         idx = idx + ((a == mid[last]) & tie_up[last]).to(idx.dtype)
@@ -154,7 +154,7 @@ class MiniFloat(Format):
         """
         if not self.subnormals:
             return self._round_magnitude(a)
-        _, _, mags, max_code = self._grid
+        max_code = self._max_code
         emin = 1 - self.bias
         a = a.clamp(max=self._past_max)  # Inf -> one step past max: overflows like it
         e = ((a.view(torch.int32) >> 23) - 127).clamp_(min=emin)  # floor(log2 a) for normals
@@ -180,7 +180,7 @@ class MiniFloat(Format):
         return self._magnitude(e + 1, 0)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.table[codes.long()]
+        return self.on_device("table", codes.device)[codes.long()]
 
 
 @dataclass(frozen=True)

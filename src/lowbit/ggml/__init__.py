@@ -68,14 +68,7 @@ def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise TypeError(f"quantize to {name}: expected a float array, got dtype {x.dtype}")
-    if x.ndim == 0:
-        raise ValueError(f"quantize to {name}: expected an array of rows, got a scalar")
-    n = x.shape[-1]
-    if n % layout.block_size:
-        raise ValueError(
-            f"quantize to {name}: row length {n} is not a multiple of the block size "
-            f"{layout.block_size}"
-        )
+    n = _row_length(x, f"quantize to {name}", "", "block size", layout.block_size)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if name in FLOAT_TYPES:
         return quantize_float(x, name)
@@ -89,6 +82,17 @@ def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
     return out.reshape(*x.shape[:-1], n // layout.block_size * layout.type_size)
 
 
+def _row_length(a: np.ndarray, what: str, unit: str, multiple_of: str, size: int) -> int:
+    """The length of ``a``'s rows, checked to be a whole number of blocks; errors say ``what``."""
+    if a.ndim == 0:
+        raise ValueError(f"{what}: expected an array of rows, got a scalar")
+    n = a.shape[-1]
+    if n % size:
+        raise ValueError(f"{what}: row length {n}{unit} is not a multiple of the {multiple_of} "
+                         f"{size}")
+    return n
+
+
 def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     """uint8 (..., nbytes) in ggml's `qtype` -> float32 (..., nbytes // type_size * block_size)."""
     layout = get_layout(qtype)
@@ -96,14 +100,7 @@ def dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     data = np.asarray(data)
     if data.dtype != np.uint8:
         raise TypeError(f"dequantize {name}: expected uint8 bytes, got dtype {data.dtype}")
-    if data.ndim == 0:
-        raise ValueError(f"dequantize {name}: expected an array of rows, got a scalar")
-    nbytes = data.shape[-1]
-    if nbytes % layout.type_size:
-        raise ValueError(
-            f"dequantize {name}: row length {nbytes} bytes is not a multiple of the type "
-            f"size {layout.type_size}"
-        )
+    nbytes = _row_length(data, f"dequantize {name}", " bytes", "type size", layout.type_size)
     data = np.ascontiguousarray(data)
     n = nbytes // layout.type_size * layout.block_size
     if name in FLOAT_TYPES:

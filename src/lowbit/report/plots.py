@@ -101,14 +101,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fx = sorted((p for p, on in zip(pts, front) if on))
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "-", color="C3", lw=1.2, zorder=2,
             label="Pareto front (fewer bits, lower " + ylabel.split(" (")[0] + ")")
-    # the reference rows as horizontal lines: the float baseline's perplexity, and the KL floor
-    # set by rounding the kept tensors to fp16 (every quantized row includes that rounding)
-    for b in (summary_row(r) for r in records if r.get("baseline")):
-        y = b.get(metric)
-        if y and (metric == "ppl") == (b["bits_per_weight"] == 32 and b["kld_mean"] == 0):
-            ax.axhline(y, ls="--", lw=0.8, color="grey")
-            ax.annotate(b["name"], (min(p[0] for p in pts), y), fontsize=7, color="grey",
-                        xytext=(0, 3), textcoords="offset points")
+    _baseline_lines(ax, records, metric, min(p[0] for p in pts))
     if log_y and metric == "ppl":
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
@@ -126,6 +119,17 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _baseline_lines(ax: Any, records: Sequence[dict[str, Any]], metric: str, x0: float) -> None:
+    """The reference rows as horizontal lines: the float baseline's perplexity, and the KL floor
+    set by rounding the kept tensors to fp16 (every quantized row includes that rounding)."""
+    for b in (summary_row(r) for r in records if r.get("baseline")):
+        y = b.get(metric)
+        if y and (metric == "ppl") == (b["bits_per_weight"] == 32 and b["kld_mean"] == 0):
+            ax.axhline(y, ls="--", lw=0.8, color="grey")
+            ax.annotate(b["name"], (x0, y), fontsize=7, color="grey", xytext=(0, 3),
+                        textcoords="offset points")
 
 
 def _int_parts(scheme: str) -> tuple[int, str, str] | None:

@@ -6,6 +6,11 @@ holds which tensor), ``model-NNNNN.safetensors`` shards, and the Hugging Face co
 tokenizer files. A quantized layer ``L`` is stored as tensors ``L.qweight.<part>`` (see
 :mod:`lowbit.core.qtensor`); everything else under its usual name, in the checkpoint's keep dtype.
 
+Format versions: 2 (written now) adds scheme JSON version 2 (the ``zero_point`` domain, see
+:mod:`lowbit.core.scheme`) and the optional ``L.qweight.perm`` part (an input-column permutation,
+see :mod:`lowbit.core.qtensor`). Version 1 files are read unchanged: their schemes are scheme JSON
+version 1 (every zero point a float) and they hold no ``perm``.
+
 Writes go to a hidden temporary folder that is renamed into place once complete (``lowbit.json``
 last), so an interrupted save leaves nothing that looks like a checkpoint.
 """
@@ -30,7 +35,8 @@ from lowbit.models.modules import is_output_head, set_submodule
 from lowbit.storage.atomic import write_text_atomic
 
 FORMAT_NAME = "lowbit-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # every format version this lowbit reads
 META_FILE = "lowbit.json"
 QWEIGHT = ".qweight."
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -225,10 +231,11 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a lowbit checkpoint description")
-    if meta.get("version") != FORMAT_VERSION:
+    version = meta.get("version")
+    if version not in READ_VERSIONS or isinstance(version, bool):
         raise ValueError(
-            f"{path}: checkpoint format version {meta.get('version')!r} is not supported; this "
-            f"lowbit ({_version()}) reads version {FORMAT_VERSION}"
+            f"{path}: checkpoint format version {version!r} is not supported; this lowbit "
+            f"({_version()}) reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
     return meta
 

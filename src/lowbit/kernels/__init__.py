@@ -1,0 +1,42 @@
+"""Kernels: how a QuantLinear computes ``x @ W^T + b``, chosen per call by scheme, device and dtype.
+
+Pick per model or per layer::
+
+    lowbit.kernels.use(model, "reference", cache_weight=True)   # pin, with options
+    lowbit.kernels.configure(model, "reference", cache_weight=True)  # options only
+    with lowbit.kernels.using(model, "reference"): ...          # for a block
+    lowbit.kernels.layers(model)                                # what each layer chose and ran
+
+Add one: build a :class:`Kernel` in a new module and :func:`register` it; import that module
+here so it is registered with the package.
+"""
+
+from lowbit.kernels import reference
+from lowbit.kernels.choice import (
+    KernelChoice,
+    LayerKernels,
+    configure,
+    layers,
+    quant_layers,
+    reset_ran,
+    saved,
+    tally,
+    use,
+    using,
+)
+from lowbit.kernels.registry import (
+    REFERENCE,
+    Kernel,
+    Traits,
+    get,
+    names,
+    register,
+    select,
+    unregister,
+)
+
+__all__ = [
+    "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "get",
+    "layers", "names", "quant_layers", "reference", "register", "reset_ran", "saved", "select",
+    "tally", "unregister", "use", "using",
+]
