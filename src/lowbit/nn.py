@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from lowbit.core.scheme import Scheme
 from lowbit.kernels import registry
 from lowbit.kernels.choice import KernelChoice
 from lowbit.kernels.registry import Kernel
+
+if TYPE_CHECKING:
+    from lowbit.calibration.stats import LayerStats
 
 _LAYOUT_PREFIX = "_layout_"
 # integer dtypes of each width: floating packed tensors are moved as these, so that a dtype
@@ -52,7 +55,7 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: Scheme | str, *, name: str = "weight",
-                    method: str = "rtn", stats: object | None = None) -> QuantLinear:
+                    method: str = "rtn", stats: LayerStats | None = None) -> QuantLinear:
         """Quantize ``linear``'s weight with a registered ``method`` (round-to-nearest by
         default; a data-aware method needs the layer's calibration ``stats``, a
         :class:`lowbit.calibration.LayerStats`)."""

@@ -6,12 +6,18 @@ rules are written down): take the outliers out, choose the scales, round every w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from lowbit.core.grouping import check_weight
 from lowbit.core.qparams import choose_qparams, quantize_with_qparams
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
+from lowbit.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.calibration.stats import LayerStats
 
 
 def quantize_rtn(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight") -> QTensor:
@@ -24,6 +30,12 @@ def quantize_rtn(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight")
     qp = choose_qparams(w, scheme, name=name)
     return QTensor.from_codes(quantize_with_qparams(w, qp), qp,
                               outliers=None if outliers is None else tuple(outliers))
+
+
+@register_method("rtn")
+def rtn(w: torch.Tensor, scheme: Scheme, stats: LayerStats | None, *, name: str) -> QTensor:
+    """Round-to-nearest as a registered method: it needs no data (``stats`` is always None)."""
+    return quantize_rtn(w, scheme, name=name)
 
 
 def split_outliers(

@@ -168,7 +168,7 @@ def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
 
 
 def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | None = None,
-         force: bool = False, layer_info: dict[str, dict] | None = None,
+         force: bool = False, layer_info: dict[str, LayerRecord] | None = None,
          shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder."""
     from lowbit.pipeline.inmemory import quantized_layers
