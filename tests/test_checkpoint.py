@@ -160,7 +160,7 @@ def test_version_1_checkpoint_loads_bit_identically() -> None:
 
     import numpy as np
 
-    from lowbit.pipeline.inmemory import quantized_layers
+    from lowbit.nn import quantized_layers
 
     folder = FIXTURES / "checkpoint_v1"
     assert json.loads((folder / META_FILE).read_text())["version"] == 1
@@ -182,8 +182,7 @@ def test_version_2_round_trip_with_int_zero_point_and_perm(tiny_llama, tmp_path:
     for bit, and lowbit.json says version 2 with scheme JSON version 2."""
     from lowbit.core.qparams import choose_qparams, quantize_with_qparams
     from lowbit.core.qtensor import QTensor
-    from lowbit.nn import QuantLinear
-    from lowbit.pipeline.inmemory import quantized_layers
+    from lowbit.nn import QuantLinear, quantized_layers
 
     model, tok = tiny_llama
     lowbit.quantize(model, "int4-asym-g32-zpint", progress=False)

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.nn import QuantLinear
-from lowbit.pipeline.inmemory import quantized_layers
+from lowbit.nn import QuantLinear, quantized_layers
 from lowbit.pipeline.plan import parse_overrides, plan_layers
 
 

@@ -185,3 +185,8 @@ class QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"scheme={self.scheme}, bias={self.bias is not None}, "
                 f"kernel={self._choice.label()}{ran}")
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    """The QuantLinear modules of a model, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}

@@ -15,9 +15,9 @@ from torch import nn
 
 from lowbit import kernels
 from lowbit.cli import main
+from lowbit.core.module_tree import set_submodule
 from lowbit.eval.reference import prepare_reference
 from lowbit.eval.suite import evaluate
-from lowbit.models.modules import set_submodule
 from lowbit.nn import QuantLinear
 from lowbit.report.plots import pareto_front
 

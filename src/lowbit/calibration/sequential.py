@@ -32,7 +32,7 @@ from lowbit.calibration.blocks import (
 )
 from lowbit.calibration.stats import LayerStats, StatsAccumulator, collect_stats
 from lowbit.calibration.windows import Calibration
-from lowbit.models.modules import is_output_head
+from lowbit.core.module_tree import is_output_head
 
 log = logging.getLogger(__name__)
 

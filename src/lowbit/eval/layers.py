@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lowbit.core.layer_record import LayerRecord
+from lowbit.core.module_tree import is_output_head
 from lowbit.eval.weights import weight_error
-from lowbit.models.modules import is_output_head
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:

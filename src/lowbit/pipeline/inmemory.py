@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from lowbit.core.layer_record import LayerRecord
+from lowbit.core.module_tree import set_submodule
 from lowbit.core.scheme import Scheme
 from lowbit.methods.registry import Method, get_method
-from lowbit.models.modules import set_submodule
 from lowbit.nn import QuantLinear
 from lowbit.pipeline.driver import quantize_layer
 from lowbit.pipeline.plan import plan_layers
@@ -131,8 +131,3 @@ def quantize(
     report.seconds = time.perf_counter() - t0
     log.info("quantized %d layers with %s in %.1f s", len(plan), chosen.name, report.seconds)
     return report
-
-
-def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
-    """The QuantLinear modules of a model, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}

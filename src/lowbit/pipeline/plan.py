@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lowbit.core.module_tree import OUTPUT_HEAD
 from lowbit.core.scheme import Scheme
-from lowbit.models.modules import OUTPUT_HEAD
 
 # Kept in 16-bit unless a user asks otherwise: the output head (often tied to the embedding).
 # Embeddings and norms are not nn.Linear, so they are never quantized here.

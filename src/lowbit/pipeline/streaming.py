@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from lowbit.core.module_tree import is_output_head
 from lowbit.core.scheme import Scheme
 from lowbit.methods.registry import Method, get_method
-from lowbit.models.modules import is_output_head
 from lowbit.pipeline.driver import quantize_layer
 from lowbit.pipeline.inmemory import QuantizeReport
 from lowbit.pipeline.plan import plan_layers

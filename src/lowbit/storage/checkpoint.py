@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from lowbit.core.layer_record import LayerRecord
+from lowbit.core.module_tree import is_output_head, set_submodule
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
-from lowbit.models.modules import is_output_head, set_submodule
 from lowbit.storage.atomic import write_text_atomic
 
 FORMAT_NAME = "lowbit-checkpoint"
@@ -171,7 +171,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
          force: bool = False, layer_info: dict[str, LayerRecord] | None = None,
          shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder."""
-    from lowbit.pipeline.inmemory import quantized_layers
+    from lowbit.nn import quantized_layers
 
     out = Path(out)
     keep_dtype = getattr(model, "lowbit_keep_dtype", torch.float16)
