@@ -34,6 +34,7 @@ _LAZY = {
     "register_method": ("lowbit.methods", "register_method"),
     "formats": ("lowbit.formats", None),
     "kernels": ("lowbit.kernels", None),
+    "methods": ("lowbit.methods", None),
     "get_format": ("lowbit.formats", "get_format"),
     "QTensor": ("lowbit.core.qtensor", "QTensor"),
     "QParams": ("lowbit.core.qparams", "QParams"),
@@ -106,7 +107,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 
 __all__ = [
-    "Calibration", "available_methods", "register_method",
-    "QTensor", "Scheme", "WeightError", "formats", "generate", "get_format", "kernels", "load",
-    "load_model", "quantize", "quantize_tensor", "save", "weight_error", "__version__",
+    "available_methods", "Calibration", "choose_qparams", "dequantize_codes", "formats",
+    "generate", "get_format", "kernels", "load", "load_model", "methods", "QParams", "QTensor",
+    "quantize", "quantize_tensor", "quantize_with_qparams", "register_method", "save", "Scheme",
+    "weight_error", "WeightError", "__version__",
 ]
