@@ -27,7 +27,9 @@ def test_the_three_writers_agree(tiny_llama) -> None:
     name = "model.layers.1.self_attn.k_proj"
     rec = report.layers[name]
     from_model = layer_records(model, base)[name]
-    assert from_model == LayerRecord(**{**rec.__dict__, "method": None})
+    assert from_model == rec  # the layer remembers its method
+    assert LayerRecord.of_qtensor(name, model.get_submodule(name).qweight, "rtn") == LayerRecord(
+        **{**rec.__dict__, "rel_error": None, "exact": None})
     q = model.get_submodule(name)
     entry = layer_entry(q.qweight, bias=False, info=rec)
     assert entry["scheme"]["name"] == "int4-asym-g32" and entry["bias"] is False
@@ -36,5 +38,19 @@ def test_the_three_writers_agree(tiny_llama) -> None:
     assert set(layer_entry(q.qweight, bias=False)) == {"scheme", "shape", "bias", "nbytes",
                                                       "bits_per_weight"}
     table = layer_table(model)
-    assert table[name]["rel_error"] is None and table[name]["method"] is None
+    assert table[name]["rel_error"] is None and table[name]["method"] == "rtn"
     assert table["model.layers.0.mlp.up_proj"]["bits_per_weight"] == rec.bits_per_weight
+
+
+def test_a_loaded_checkpoint_knows_each_layers_method(tiny_llama, tmp_path) -> None:
+    """save() without a report still records the method, and load() gives it back to the layer,
+    so `lowbit eval` of a checkpoint names it."""
+    model, tok = tiny_llama
+    lowbit.quantize(model, "int4-asym-g32", progress=False)
+    lowbit.save(model, tmp_path / "ckpt", tokenizer=tok)
+    loaded, _ = lowbit.load(tmp_path / "ckpt")
+    assert {r["method"] for r in layer_table(loaded).values()} == {"rtn"}
+    from lowbit.nn import QuantLinear
+
+    hand = QuantLinear(lowbit.quantize_tensor(torch.randn(8, 32), "int8-sym-channel"))
+    assert hand.method is None

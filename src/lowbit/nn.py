@@ -36,8 +36,10 @@ _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int6
 class QuantLinear(nn.Module):
     """``y = x @ W^T + b`` with ``W`` stored as a QTensor (its pieces are this module's buffers)."""
 
-    def __init__(self, qweight: QTensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, qweight: QTensor, bias: torch.Tensor | None = None, *,
+                 method: str | None = None) -> None:
         super().__init__()
+        self.method = method  # the registered method that chose the codes, when known
         self.in_features = qweight.shape[1]
         self.out_features = qweight.shape[0]
         self.scheme: Scheme = qweight.scheme
@@ -62,7 +64,7 @@ class QuantLinear(nn.Module):
         from lowbit.methods.registry import get_method
 
         qt = get_method(method).quantize_weight(linear.weight.detach(), scheme, stats, name=name)
-        return cls(qt, linear.bias)
+        return cls(qt, linear.bias, method=get_method(method).name)
 
     @property
     def qweight(self) -> QTensor:

@@ -24,7 +24,7 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
 def layer_records(model: nn.Module, base: nn.Module | None = None) -> dict[str, LayerRecord]:
     """Per linear layer: scheme, shape, bytes, bits per weight and, for a quantized layer against
     ``base`` (when given), the relative L2 weight error and whether the weight came back exactly.
-    The method is not known from a model (None); a QuantizeReport's records carry it."""
+    The method is the one the layer records (None for a QuantLinear built by hand)."""
     from lowbit.nn import QuantLinear
 
     base_layers = linear_layers(base) if base is not None else {}
@@ -39,7 +39,7 @@ def layer_records(model: nn.Module, base: nn.Module | None = None) -> dict[str, 
         err = None
         if isinstance(b, nn.Linear) and tuple(b.weight.shape) == shape:
             err = weight_error(b.weight.detach(), m.qweight, name=name)
-        out[name] = LayerRecord.of_qtensor(name, m.qweight, None, err)
+        out[name] = LayerRecord.of_qtensor(name, m.qweight, m.method, err)
     return out
 
 

@@ -79,7 +79,7 @@ def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
     """Quantize Linear ``name`` through the driver and put a QuantLinear in its place."""
     linear = model.get_submodule(name)
     qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats)
-    set_submodule(model, name, QuantLinear(qt, linear.bias))
+    set_submodule(model, name, QuantLinear(qt, linear.bias, method=record.method))
     report.add(record)
 
 

@@ -198,8 +198,9 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
             writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
         writer.flush()
         for name, q in qlayers.items():
-            meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None,
-                                               info=(layer_info or {}).get(name))
+            info = (layer_info or {}).get(name) or LayerRecord.of_qtensor(name, q.qweight,
+                                                                          q.method, None)
+            meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None, info=info)
         meta["tensors"] = writer.weight_map
         meta["aliases"] = aliases
         save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,
@@ -318,7 +319,7 @@ def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: Tensor
                              f"({getattr(old, 'out_features', None)}, "
                              f"{getattr(old, 'in_features', None)})")
         bias = source.get(name + ".bias").float() if info.get("bias") else None
-        set_submodule(model, name, QuantLinear(qt, bias))
+        set_submodule(model, name, QuantLinear(qt, bias, method=info.get("method")))
 
 
 def _load_float_tensors(model: torch.nn.Module, meta: dict, source: TensorSource,
