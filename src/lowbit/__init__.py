@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from lowbit.calibration import Calibration
     from lowbit.core.qtensor import QTensor
+    from lowbit.core.range import QuantRangeWarning
     from lowbit.core.scheme import Scheme
     from lowbit.eval.weights import WeightError, weight_error
     from lowbit.formats import get_format
@@ -38,6 +39,7 @@ _LAZY = {
     "get_format": ("lowbit.formats", "get_format"),
     "QTensor": ("lowbit.core.qtensor", "QTensor"),
     "QParams": ("lowbit.core.qparams", "QParams"),
+    "QuantRangeWarning": ("lowbit.core.range", "QuantRangeWarning"),
     "choose_qparams": ("lowbit.core.qparams", "choose_qparams"),
     "quantize_with_qparams": ("lowbit.core.qparams", "quantize_with_qparams"),
     "dequantize_codes": ("lowbit.core.qparams", "dequantize_codes"),
@@ -55,11 +57,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
 
 
-def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight") -> QTensor:
-    """Quantize a 2-D weight (out_features x in_features) by round-to-nearest under ``scheme``."""
-    from lowbit.methods.rtn import quantize_rtn
+def quantize_tensor(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight",
+                    strict: bool = False) -> QTensor:
+    """Quantize a 2-D weight (out_features x in_features) by round-to-nearest under ``scheme``.
+    A scale format that saturates or underflows is a QuantRangeWarning, a ValueError if
+    ``strict``."""
+    from lowbit.pipeline.driver import quantize_checked
 
-    return quantize_rtn(w, scheme, name=name)
+    return quantize_checked(name, w, scheme, "rtn", strict=strict)[0]
 
 
 def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
@@ -108,7 +113,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 __all__ = [
     "available_methods", "Calibration", "choose_qparams", "dequantize_codes", "formats",
-    "generate", "get_format", "kernels", "load", "load_model", "methods", "QParams", "QTensor",
+    "generate", "get_format", "kernels", "load", "load_model", "methods", "QParams",
+    "QuantRangeWarning", "QTensor",
     "quantize", "quantize_tensor", "quantize_with_qparams", "register_method", "save", "Scheme",
     "weight_error", "WeightError", "__version__",
 ]

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save a headless-chromium screenshot of the report here")
     p.add_argument("--force", action="store_true", help="start afresh, ignoring earlier results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="stop when a scale format saturates or underflows on some block")
 
 
 def publish(out: Path, dest: Path) -> list[Path]:
@@ -117,6 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
     result = run_sweep(
         DEMO_MODEL, DEMO_SCHEMES, out, settings=DEMO_SETTINGS,
         force=getattr(args, "force", False), progress=not getattr(args, "no_progress", False),
+        strict=getattr(args, "strict", False),
         title="Gemma-3-270M: what each weight format costs (lowbit demo)",
     )
     wall = time.perf_counter() - t0

@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lowbit.eval.suite import evaluate
     from lowbit.report.results import settings_line, table_cells
     from lowbit.report.table import render_table
-    from lowbit.storage.checkpoint import is_checkpoint
+    from lowbit.storage.checkpoint import is_checkpoint, read_metadata
 
     settings = settings_from_args(args)
     check_data(settings)
@@ -78,6 +78,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ref = prepare_reference(base, tok, settings)
     layers = layer_table(model, None if ref is None else ref.model)
     disk = folder_bytes(args.model) if is_checkpoint(args.model) else None
+    if disk is not None:  # the range warnings recorded when the checkpoint was quantized
+        for name, entry in read_metadata(args.model)["layers"].items():
+            if entry.get("warnings") and name in layers:
+                layers[name]["warnings"] = list(entry["warnings"])
     rec = evaluate(model, tok, ref, settings, name=Path(args.model).name or args.model,
                    layers=layers, disk_bytes=disk)
     rec["model"] = args.model

@@ -17,7 +17,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_data(settings)
     result = run_sweep(args.model, schemes, args.output, settings=settings,
                        baseline_rows=not args.no_baseline_rows, cache_logits=not args.no_cache,
-                       force=args.force, progress=not args.no_progress)
+                       force=args.force, progress=not args.no_progress, strict=args.strict)
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     print(f"\n{len(result.ran)} rows evaluated now, {len(result.records) - len(result.ran)} "
           f"from earlier runs, in {result.seconds:.0f} s")
@@ -40,4 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="rerun the baseline beside each scheme instead of storing its logits")
     p.add_argument("--force", action="store_true", help="discard earlier results in the folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="stop when a scale format saturates or underflows on some block of a "
+                        "row (rows already finished are kept), instead of warning")
     p.set_defaults(handler=cmd_sweep)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.core.grouping import check_weight, raise_nonfinite, row_groups, row_slices
+from lowbit.core.range import warn_saturation
 from lowbit.core.scheme import DQ_BLOCK, Scheme
 from lowbit.formats import IntFormat
 
@@ -94,8 +95,8 @@ def choose_qparams(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight
         raise_nonfinite(w, name)
     shape = (int(w.shape[0]), int(w.shape[1]))
     if not scheme.symmetric:
-        return _asymmetric(stats["lo"], stats["hi"], scheme, shape)
-    return _symmetric(stats, scheme, shape)
+        return _asymmetric(stats["lo"], stats["hi"], scheme, shape, name)
+    return _symmetric(stats, scheme, shape, name)
 
 
 def _group_stats(w: torch.Tensor, scheme: Scheme) -> dict[str, torch.Tensor]:
@@ -125,15 +126,18 @@ def _group_stats(w: torch.Tensor, scheme: Scheme) -> dict[str, torch.Tensor]:
 
 
 def _asymmetric(lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme,
-                shape: tuple[int, int]) -> QParams:
+                shape: tuple[int, int], name: str) -> QParams:
     """Scale and zero point from each group's min and max, in the scheme's zero-point domain."""
     fmt, sfmt = scheme.element_format, scheme.scale_fmt
     assert isinstance(fmt, IntFormat)
     if scheme.zero_point == "float":
+        warn_saturation((hi - lo) / fmt.qmax, scheme, name)
+        warn_saturation(lo, scheme, name, "zero point")
         stored_scale, stored_zero = sfmt.encode((hi - lo) / fmt.qmax), sfmt.encode(lo)
         return QParams(scheme, shape, sfmt.decode(stored_scale), sfmt.decode(stored_zero),
                        stored_scale, stored_zero)
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    warn_saturation((hi - lo) / fmt.qmax, scheme, name)
     stored_scale = sfmt.encode((hi - lo) / fmt.qmax)
     scale = sfmt.decode(stored_scale)
     zp = torch.round(-lo / torch.where(scale == 0, 1.0, scale)).clamp_(0, fmt.qmax)
@@ -142,7 +146,8 @@ def _asymmetric(lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme,
                    stored_zero)
 
 
-def _symmetric(stats: dict[str, torch.Tensor], scheme: Scheme, shape: tuple[int, int]) -> QParams:
+def _symmetric(stats: dict[str, torch.Tensor], scheme: Scheme, shape: tuple[int, int],
+               name: str) -> QParams:
     """Scale only: the largest magnitude on the format's edge, with the optional tensor scale
     (NVFP4) and double quantization (QLoRA)."""
     fmt, sfmt = scheme.element_format, scheme.scale_fmt
@@ -166,6 +171,8 @@ def _symmetric(stats: dict[str, torch.Tensor], scheme: Scheme, shape: tuple[int,
     if scheme.double_quant:
         stored, scale, extra = _double_quantize(raw)
     else:
+        if scheme.scale_format != "e8m0":  # E8M0 covers every fp32 magnitude's exponent
+            warn_saturation(raw, scheme, name)
         stored = sfmt.encode(raw)
         scale = sfmt.decode(stored)
     if ts is not None:

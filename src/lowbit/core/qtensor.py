@@ -14,8 +14,10 @@ Layout, for a weight of shape (out_features, in_features) and a scheme with G gr
   (``zpint``): uint8 codes in the element's unsigned range, ``w = (code - zero) * scale``.
 * ``scale_scale`` (fp32, one per 256 scales) and ``scale_mean`` (fp32, 1): double quantization.
 * ``tensor_scale``: fp32 (1,), a second-level scale for the whole tensor (NVFP4).
-* ``outlier_index`` (int32, k) and ``outlier_value`` (fp16, k): weights kept out of the grid,
-  by flat index into the stored (out, in) layout (the permuted one when ``perm`` is set).
+* ``outlier_index`` (int32, k) and ``outlier_value`` (fp32, k): weights kept out of the grid,
+  exactly, by flat index into the stored (out, in) layout (the permuted one when ``perm`` is
+  set). Checkpoints written before lowbit stored them in fp32 hold fp16 values; those load as
+  they are (and are counted at 16 bits).
 * ``perm``: int32 (in,), an input-column permutation (GPTQ's act-order): stored column k is
   column ``perm[k]`` of the original weight, and groups are formed over the stored order.
   :meth:`QTensor.dequantize` returns the weight in the original column order.
@@ -61,7 +63,7 @@ class QTensor:
         perm: torch.Tensor | None = None,
     ) -> QTensor:
         """Pack ``codes`` (uint8, unpacked, ``qparams.shape``) with the stored pieces of
-        ``qparams``; ``outliers`` is (int32 flat index, fp16 value), ``perm`` see the module."""
+        ``qparams``; ``outliers`` is (int32 flat index, fp32 value), ``perm`` see the module."""
         if codes.dtype != torch.uint8 or tuple(codes.shape) != qparams.shape:
             raise ValueError(f"codes: expected uint8 of shape {qparams.shape}, got "
                              f"{codes.dtype} of shape {tuple(codes.shape)}")
@@ -178,6 +180,23 @@ class QTensor:
             self._validate_zero(name, (rows, groups))
         if self.perm is not None:
             self._validate_perm(name)
+        if (self.outlier_index is None) != (self.outlier_value is None):
+            raise ValueError(f"{name}: outlier_index and outlier_value come together")
+        if self.outlier_value is not None:
+            self._validate_outliers(name)
+
+    def _validate_outliers(self, name: str) -> None:
+        index, value = self.outlier_index, self.outlier_value
+        if value.dtype not in (torch.float32, torch.float16) or value.dim() != 1:
+            raise ValueError(f"{name}: outlier_value should be a 1-D float32 (or, written by an "
+                             f"older lowbit, float16) tensor, got {value.dtype} of shape "
+                             f"{tuple(value.shape)}")
+        if index.dtype != torch.int32 or tuple(index.shape) != tuple(value.shape):
+            raise ValueError(f"{name}: outlier_index should be int32 of shape "
+                             f"{tuple(value.shape)}, got {index.dtype} of shape "
+                             f"{tuple(index.shape)}")
+        if index.numel() and not (int(index.min()) >= 0 and int(index.max()) < self.numel):
+            raise ValueError(f"{name}: outlier_index out of range for shape {self.shape}")
 
     def _validate_zero(self, name: str, shape: tuple[int, int]) -> None:
         if tuple(self.zero.shape) != shape:

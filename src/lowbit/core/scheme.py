@@ -17,7 +17,7 @@ Grammar of a name (parts joined by ``-``, in this order)::
   (llama.cpp's Q4_1); that is the default, and what every name without ``zpint`` has meant.
 * ``dq``: double quantization of the scales (QLoRA): int8 per 256 scales with an fp32 scale.
 * ``ts``: a second-level fp32 scale for the whole tensor (NVFP4).
-* ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights in fp16.
+* ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights exactly (fp32).
 
 Aliases: ``mxfp8``, ``mxfp6``, ``mxfp4`` (E8M0 scale per 32, OCP MX) and ``nvfp4`` (E4M3 scale
 per 16 plus an fp32 tensor scale). ``str(scheme)`` gives the canonical name back.
@@ -57,7 +57,7 @@ _SCALE_FORMAT_NAMES = {"e4m3": "fp8-e4m3"}  # scale token -> registered format n
 
 @dataclass(frozen=True)
 class Outliers:
-    """Keep the ``count`` (or ``fraction``) largest-magnitude weights of a tensor in fp16."""
+    """Keep the ``count`` (or ``fraction``) largest-magnitude weights of a tensor exactly (fp32)."""
 
     count: int | None = None
     fraction: float | None = None

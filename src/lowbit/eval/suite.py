@@ -146,6 +146,7 @@ def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int 
         },
         "artifact": bool(exact) and not is_baseline,
         "exact_layers": exact,
+        "range_warnings": [w for v in layers.values() for w in v.get("warnings") or ()],
     }
 
 

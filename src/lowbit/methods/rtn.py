@@ -42,10 +42,11 @@ def split_outliers(
     w: torch.Tensor, scheme: Scheme
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(``w`` with its largest-magnitude weights set to 0, their int32 flat indices sorted, their
-    fp16 values): the outliers ``scheme`` keeps out of the grid."""
+    fp32 values): the outliers ``scheme`` keeps out of the grid, exactly (an fp16 side table
+    would turn an outlier beyond 65504 into Inf)."""
     k = scheme.outliers.number(w.numel())
     index = torch.topk(w.abs().reshape(-1), k).indices.sort().values
-    value = w.reshape(-1)[index].to(torch.float16)
+    value = w.reshape(-1)[index].to(torch.float32)
     rest = w.clone()
     rest.view(-1)[index] = 0.0
     return rest, index.to(torch.int32), value

@@ -52,6 +52,11 @@ class QuantizeReport:
         return sum(r.nbytes for r in self.layers.values())
 
     @property
+    def warnings(self) -> list[str]:
+        """Every layer's range warnings (:mod:`lowbit.core.range`), in layer order."""
+        return [w for r in self.layers.values() for w in r.warnings]
+
+    @property
     def mean_rel_error(self) -> float:
         errs = [r.rel_error for r in self.layers.values() if r.rel_error is not None]
         return sum(errs) / len(errs) if errs else 0.0
@@ -75,10 +80,11 @@ def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype,
 
 
 def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
-             stats: LayerStats | None, report: QuantizeReport) -> None:
+             stats: LayerStats | None, report: QuantizeReport, strict: bool = False) -> None:
     """Quantize Linear ``name`` through the driver and put a QuantLinear in its place."""
     linear = model.get_submodule(name)
-    qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats)
+    qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats,
+                                strict=strict)
     set_submodule(model, name, QuantLinear(qt, linear.bias, method=record.method))
     report.add(record)
 
@@ -93,11 +99,14 @@ def quantize(
     overrides: Mapping[str, Scheme | str] | None = None,
     keep_dtype: torch.dtype = torch.float16,
     progress: bool = True,
+    strict: bool = False,
 ) -> QuantizeReport:
     """Replace the model's nn.Linear layers by QuantLinear, in place, using ``method`` (a
     registered name, see :mod:`lowbit.methods`). A data-aware method needs ``calibration``
     (:class:`lowbit.calibration.Calibration`). See :func:`plan_layers` for ``exclude`` and
-    ``overrides``. Parameters left in float are rounded to ``keep_dtype``."""
+    ``overrides``. Parameters left in float are rounded to ``keep_dtype``. A scale format that
+    saturates or underflows is a QuantRangeWarning (recorded per layer), a ValueError when
+    ``strict``."""
     from tqdm import tqdm
 
     from lowbit.calibration.sequential import calibrate_sequential
@@ -116,7 +125,7 @@ def quantize(
 
         def on_block(stats: dict[str, LayerStats]) -> None:
             for name, layer_stats in stats.items():
-                _replace(model, name, plan[name], chosen, layer_stats, report)
+                _replace(model, name, plan[name], chosen, layer_stats, report, strict)
 
         calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
                              progress=progress)
@@ -125,7 +134,7 @@ def quantize(
             warnings.warn(f"method {chosen.name!r} needs no data; calibration is ignored",
                           stacklevel=2)
         for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
-            _replace(model, name, plan[name], chosen, None, report)
+            _replace(model, name, plan[name], chosen, None, report, strict)
     round_kept_tensors(model, keep_dtype)  # what was tied to a quantized weight
     model.lowbit_keep_dtype = keep_dtype
     report.seconds = time.perf_counter() - t0

@@ -116,6 +116,7 @@ class _Job:
     method: Method
     keep_dtype: torch.dtype
     architecture: str
+    strict: bool = False
 
 
 def _write_tensor(job: _Job, path: Path, info: TensorInfo, writer: ShardWriter,
@@ -133,7 +134,7 @@ def _write_tensor(job: _Job, path: Path, info: TensorInfo, writer: ShardWriter,
     layer = name[: -len(".weight")] if name.endswith(".weight") else None
     if layer in job.plan:
         w = read_tensor(path, info, dtype=torch.float32)
-        qt, record = quantize_layer(layer, w, job.plan[layer], job.method)
+        qt, record = quantize_layer(layer, w, job.plan[layer], job.method, strict=job.strict)
         for part, t in qt.tensors().items():
             writer.add(layer + QWEIGHT + part, t)
         report.add(record)
@@ -157,9 +158,11 @@ def quantize_folder(
     progress: bool = True,
     source_info: dict[str, Any] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    strict: bool = False,
 ) -> QuantizeReport:
     """Quantize the Hugging Face folder ``source`` into the lowbit checkpoint ``out`` with a
-    data-free ``method`` (a data-aware one is refused: see the module docstring)."""
+    data-free ``method`` (a data-aware one is refused: see the module docstring). ``strict``:
+    a scale-format range problem is a ValueError (nothing is written), not a warning."""
     from tqdm import tqdm
 
     chosen = get_method(method)
@@ -169,7 +172,7 @@ def quantize_folder(
     tied = {n for n in expected if is_output_head(n)} if getattr(
         src.config, "tie_word_embeddings", False) else set()
     job = _Job(plan_layers(src.skeleton, scheme, exclude=exclude, overrides=overrides).quantized,
-               expected, tied, chosen, keep_dtype, type(src.skeleton).__name__)
+               expected, tied, chosen, keep_dtype, type(src.skeleton).__name__, strict)
     report = QuantizeReport()
     t0 = time.perf_counter()
     meta = base_metadata(source_info, keep_dtype, src.config)
