@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(handler=_cmd_schemes)
 
+    from lowbit.commands import cache as cache_commands
     from lowbit.commands import evaluate as eval_commands
     from lowbit.commands import export as export_commands
     from lowbit.commands import models as model_commands
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_commands.add_parsers(sub)
     sweep_commands.add_parsers(sub)
     export_commands.add_parsers(sub)
+    cache_commands.add_parsers(sub)
 
     from lowbit.commands.demo import add_arguments as add_demo_arguments
 
@@ -92,10 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from lowbit.storage.lock import OutputLockedError
+
     try:
         return args.handler(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError,
-            ModuleNotFoundError) as err:
+            ModuleNotFoundError, OutputLockedError) as err:
         print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,7 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     method = get_method(args.method)
     keep = parse_dtype(args.keep_dtype)
     common = {"exclude": args.exclude, "overrides": overrides, "keep_dtype": keep,
-              "method": method}
+              "method": method, "strict": args.strict}
     if source.kind in ("hf", "builtin") and not method.data_aware:
         return quantize_folder(source.path, args.scheme, out, force=args.force,
                                source_info=source.to_dict(), **common), None
@@ -58,15 +58,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from lowbit.core.scheme import Scheme
     from lowbit.models import resolve_source
     from lowbit.pipeline.plan import parse_overrides
+    from lowbit.storage.lock import output_lock
 
     Scheme.parse(args.scheme)
     overrides = parse_overrides(args.override or [])
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
     t0 = time.perf_counter()
-    source = resolve_source(args.source)
-    report, calibration = _quantize_to(args, source, out, overrides)
+    with output_lock(out):  # the whole run: a second process on this output fails at once
+        if out.exists() and not args.force:
+            raise FileExistsError(f"{out} already exists; pass --force to replace it")
+        source = resolve_source(args.source)
+        report, calibration = _quantize_to(args, source, out, overrides)
     seconds = time.perf_counter() - t0
     float_bytes = report.params * 2
     disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
@@ -85,6 +87,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if exact:
         print(f"note             {exact} layer(s) came back exactly: the source already lies "
               "on this scheme's grid (an artifact, not a finding)")
+    if report.warnings:
+        print(f"range warnings   {len(report.warnings)} (recorded in lowbit.json): "
+              + "; ".join(report.warnings[:3]) + (" ..." if len(report.warnings) > 3 else ""))
     print(f"checkpoint       {out} ({_human(disk)} of tensors on disk)")
     print(f"time             {seconds:.1f} s")
     return 0
@@ -168,6 +173,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="dtype of the tensors left unquantized (default float16)")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (write nothing) when a scale format saturates or underflows on "
+                        "some block, instead of warning")
     _add_method_arguments(p)
     p.set_defaults(handler=cmd_quantize)
 

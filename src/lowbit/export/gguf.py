@@ -34,6 +34,8 @@ from lowbit.export.gguf_types import (
     nearest_types,
     preset_type,
 )
+from lowbit.storage.lock import output_lock
+from lowbit.storage.partials import clean_stale, temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -95,29 +97,32 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     """
     t0 = time.perf_counter()
     out = Path(out_path)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
-    preset = None if qtype is None else check_preset(qtype)
-    model, keep = _load_source(source, preset, requantize)
-    config = model.config
-    arch = meta.gguf_arch(config)
-    src_info = getattr(config, "lowbit_source", None)
-    with meta.template_gguf(src_info) as template:
-        if template is None:
-            raise ValueError(
-                f"{source}: GGUF export needs the GGUF metadata (tokenizer, hyperparameters) "
-                "of the model's original GGUF file; this model came from a Hugging Face folder "
-                "with no GGUF behind it, which is not supported yet. Export from the GGUF "
-                "source or a built-in model instead."
-            )
-        import gguf
+    with output_lock(out):  # the whole run; leftovers of killed exports of `out` go first
+        for line in clean_stale(out).lines():
+            log.warning("%s", line)
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
+        if out.is_dir():
+            raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
+        preset = None if qtype is None else check_preset(qtype)
+        model, keep = _load_source(source, preset, requantize)
+        config = model.config
+        arch = meta.gguf_arch(config)
+        src_info = getattr(config, "lowbit_source", None)
+        with meta.template_gguf(src_info) as template:
+            if template is None:
+                raise ValueError(
+                    f"{source}: GGUF export needs the GGUF metadata (tokenizer, hyperparameters) "
+                    "of the model's original GGUF file; this model came from a Hugging Face folder "
+                    "with no GGUF behind it, which is not supported yet. Export from the GGUF "
+                    "source or a built-in model instead."
+                )
+            import gguf
 
-        reader = gguf.GGUFReader(template)
-        entries = _plan(model, arch, config, reader, preset, requantize, keep)
-        file_type = _file_type(preset, entries)
-        _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress)
+            reader = gguf.GGUFReader(template)
+            entries = _plan(model, arch, config, reader, preset, requantize, keep)
+            file_type = _file_type(preset, entries)
+            _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress)
     lossless = [e.name for e in entries if e.module is not None]
     return ExportReport(
         path=out, source=str(source), arch=arch, preset=preset,
@@ -257,7 +262,7 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
     import gguf
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    tmp = temp_sibling(out)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         meta.copy_metadata(reader, writer, file_type)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from lowbit.models.builtins import BUILTINS, builtin_dir
 from lowbit.models.folders import hf_weight_files
 from lowbit.models.hashing import combined_sha256, sha256_file, write_json_atomic
 from lowbit.models.readers import load_gguf
+from lowbit.storage.partials import clean_stale, temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ MARKER_VERSION = 1
 # not fit bf16 or fp16 in general: over SmolLM2's and Gemma's files 32-90 % of the values of each
 # quantized type change when cast to fp16 (75-98 % for bf16). float32 holds them exactly.
 CACHE_DTYPE = torch.float32
-_STALE_PARTIAL_S = 24 * 3600  # a partial conversion folder older than this is a crashed run's
 
 
 def is_converted(folder: Path) -> bool:
@@ -71,9 +70,11 @@ def convert_gguf_to_folder(
     with _file_lock(final.parent / f".{final.name}.lock"):
         if is_converted(final):
             return final
-        _remove_stale_partials(final)
+        for line in clean_stale(final).lines():  # leftovers of killed conversions
+            log.warning("%s", line)
         t0 = time.perf_counter()
-        work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+        work = temp_sibling(final)
+        work.mkdir()
         try:
             gguf_path = fetch(work)
             gguf_sha = sha256_file(gguf_path)
@@ -99,7 +100,7 @@ def convert_gguf_to_folder(
             }
             write_json_atomic(out / MARKER, meta)
             if final.exists():  # an incomplete folder without a marker: set it aside, then drop it
-                stale = final.parent / f".{final.name}.invalid-{os.getpid()}"
+                stale = temp_sibling(final, "old")
                 os.rename(final, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.rename(out, final)
@@ -119,14 +120,6 @@ def _dist_version(module: str | None) -> str | None:
         return version(dists[0])
     except PackageNotFoundError:
         return None
-
-
-def _remove_stale_partials(final: Path) -> None:
-    now = time.time()
-    for p in final.parent.glob(f".{final.name}.partial-*"):
-        with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime > _STALE_PARTIAL_S:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager

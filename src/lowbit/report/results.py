@@ -27,19 +27,27 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def append_record(path: str | Path, record: dict[str, Any]) -> None:
+def append_record(path: str | Path, record: dict[str, Any], *, key: str = "name") -> bool:
     """Append one record as one line with a single ``write`` on an O_APPEND file, then fsync, so
     a reader sees whole lines (an interrupted write leaves at most a partial last line, which
-    :func:`read_records` drops)."""
+    :func:`read_records` drops). The file is ``flock``ed while the records already there are
+    read, and a record whose ``key`` is among them is not written: a row is never written twice,
+    even by two processes. True when the line was written."""
+    import fcntl
+
     line = (json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if any(r.get(key) == record.get(key) for r in read_records(path)):
+            return False
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        return True
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the flock
 
 
 def read_records(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from lowbit.report.results import (
     render_markdown,
     write_csv,
 )
+from lowbit.storage.lock import output_lock
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "base-logits"
@@ -79,7 +80,8 @@ def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path:
             )
 
 
-def _make_row(base: nn.Module, name: str) -> tuple[nn.Module, dict[str, Any] | None]:
+def _make_row(base: nn.Module, name: str, strict: bool = False
+              ) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh copy of the baseline for row ``name``: quantized (with its layer table), or with
     only its kept tensors rounded to fp16 (layer table computed later, against the baseline)."""
     from lowbit.pipeline.inmemory import quantize, round_kept_tensors
@@ -89,7 +91,7 @@ def _make_row(base: nn.Module, name: str) -> tuple[nn.Module, dict[str, Any] | N
         round_kept_tensors(model, torch.float16)
         model.lowbit_keep_dtype = torch.float16
         return model, None
-    report = quantize(model, name, progress=False)
+    report = quantize(model, name, progress=False, strict=strict)
     return model, report.table()
 
 
@@ -106,31 +108,41 @@ def run_sweep(
     progress: bool = True,
     title: str | None = None,
     loaded: tuple[nn.Module, Any] | None = None,
+    strict: bool = False,
 ) -> SweepOutput:
     """Sweep ``schemes`` on ``model`` (a built-in name, folder or GGUF) into folder ``out``.
 
     Resumes from ``out/results.jsonl`` (rows already there are skipped; their settings must match).
     ``loaded`` passes an already loaded (model, tokenizer) for ``model`` (tests, notebooks).
     ``cache_logits=False`` reruns the baseline beside each row instead of storing its logits.
+    The folder's lock is held throughout (:mod:`lowbit.storage.lock`); ``strict`` stops at a
+    scale-format range problem (:mod:`lowbit.core.range`) instead of recording it.
     """
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / RESULTS_JSONL
-    if force:
-        jsonl.unlink(missing_ok=True)
-        shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
     names = row_names(schemes, baseline_rows=baseline_rows)
-    records = read_records(jsonl, repair=True)
-    _check_settings(records, settings, jsonl, model)
-    done = {r["name"] for r in records}
-    todo = [n for n in names if n not in done]
-    ran: list[str] = []
-    if todo:
-        ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                        records)
-    records = read_records(jsonl)
+    with output_lock(out):  # the whole run: a second sweep on this folder fails at once
+        out.mkdir(parents=True, exist_ok=True)
+        jsonl = out / RESULTS_JSONL
+        if force:
+            jsonl.unlink(missing_ok=True)
+            shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+        records = read_records(jsonl, repair=True)
+        _check_settings(records, settings, jsonl, model)
+        done = {r["name"] for r in records}
+        todo = [n for n in names if n not in done]
+        ran: list[str] = []
+        if todo:
+            ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
+                            records, strict)
+        records = read_records(jsonl)
+        return _finish(model, names, records, out, keep_cache, title, ran, t0)
+
+
+def _finish(model: str, names: list[str], records: list[dict[str, Any]], out: Path,
+            keep_cache: bool, title: str | None, ran: list[str], t0: float) -> SweepOutput:
+    """Drop the logits cache once every row is there, and write the tables and report."""
     if not keep_cache and all(n in {r["name"] for r in records} for n in names):
         shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
     wanted = [r for r in records if r["name"] in names]
@@ -143,7 +155,7 @@ def run_sweep(
 
 def _run_rows(model_name: str, todo: list[str], jsonl: Path, settings: EvalSettings, out: Path,
               cache_logits: bool, progress: bool, loaded: tuple[nn.Module, Any] | None,
-              records: list[dict[str, Any]]) -> list[str]:
+              records: list[dict[str, Any]], strict: bool = False) -> list[str]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="sweep", unit="scheme", disable=not progress)
@@ -165,13 +177,15 @@ def _run_rows(model_name: str, todo: list[str], jsonl: Path, settings: EvalSetti
     ran = []
     try:
         for name in todo:
+            if any(r["name"] == name for r in read_records(jsonl)):
+                continue  # written meanwhile (an API caller without the lock): never twice
             t_row = time.perf_counter()
             if name == BASELINE_LABEL:
                 rec = evaluate(base, tok, ref, settings, name=name, is_baseline=True,
                                step=lambda s, n=name: step(s, n))
             else:
                 step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
-                row, layers = _make_row(base, name)
+                row, layers = _make_row(base, name, strict)
                 rec = evaluate(row, tok, ref, settings, name=name,
                                scheme=None if name == KEPT16_LABEL else name, layers=layers,
                                step=lambda s, n=name: step(s, n))
@@ -180,9 +194,9 @@ def _run_rows(model_name: str, todo: list[str], jsonl: Path, settings: EvalSetti
                 gc.collect()
             rec["model"] = model_name
             rec["seconds"] = time.perf_counter() - t_row
-            append_record(jsonl, rec)
-            records.append(rec)
-            ran.append(name)
+            if append_record(jsonl, rec):
+                records.append(rec)
+                ran.append(name)
             bar.update(1)
     finally:
         bar.close()

@@ -18,9 +18,9 @@ last), so an interrupted save leaves nothing that looks like a checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +33,10 @@ from lowbit.core.module_tree import is_output_head, set_submodule
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.storage.atomic import write_text_atomic
+from lowbit.storage.lock import output_lock
+from lowbit.storage.partials import clean_stale, temp_sibling
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "lowbit-checkpoint"
 FORMAT_VERSION = 2
@@ -102,29 +106,33 @@ class ShardWriter:
 
 @contextmanager
 def atomic_folder(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary sibling folder; on success it replaces ``out``, on error it is removed.
+    The output's lock (:mod:`lowbit.storage.lock`) is held throughout, the existing-output check
+    is made under it, and leftovers of killed runs on ``out`` are removed first."""
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
-    if out.exists() and not is_checkpoint(out) and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out} exists and is not a lowbit checkpoint; refusing to replace it even with force"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(out):
+        for line in clean_stale(out).lines():
+            log.warning("%s", line)
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
+        if out.exists() and not is_checkpoint(out) and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not a lowbit checkpoint; refusing to "
+                                  "replace it even with force")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(out)
+        tmp.mkdir()
+        try:
+            yield tmp
+            old = None
+            if out.exists():
+                old = temp_sibling(out, "old")
+                out.rename(old)
+            tmp.rename(out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
@@ -153,7 +161,8 @@ def layer_entry(qt: QTensor, *, bias: bool, info: LayerRecord | None = None) -> 
     entry = {"scheme": qt.scheme.to_json(), "shape": list(qt.shape), "bias": bias,
              "nbytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
     if info is not None:
-        known = {"method": info.method, "rel_error": info.rel_error, "exact": info.exact}
+        known = {"method": info.method, "rel_error": info.rel_error, "exact": info.exact,
+                 "warnings": list(info.warnings) or None}
         entry.update({k: v for k, v in known.items() if v is not None})
     return entry
 
