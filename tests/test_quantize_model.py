@@ -100,7 +100,8 @@ def test_report_records_name_the_method(tiny_llama) -> None:
     assert rec.bits_per_weight == rec.nbytes * 8 / (128 * 64)
     table = report.table()
     assert set(table["model.layers.0.mlp.up_proj"]) == {
-        "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact"}
+        "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact",
+        "warnings"}
 
 
 def test_data_aware_method_needs_calibration(tiny_llama) -> None:

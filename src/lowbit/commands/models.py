@@ -56,6 +56,7 @@ def _calibration(args: argparse.Namespace, tokenizer):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from lowbit.core.scheme import Scheme
+    from lowbit.eval.artifact import on_grid
     from lowbit.models import resolve_source
     from lowbit.pipeline.plan import parse_overrides
     from lowbit.storage.lock import output_lock
@@ -83,10 +84,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"({report.nbytes / float_bytes:.1%} of fp16)")
     print(f"bits per weight  {report.nbytes * 8 / report.params:.4f}")
     print(f"mean rel. error  {report.mean_rel_error:.4f} (relative L2 of each layer's weight)")
-    exact = sum(bool(r.exact) for r in report.layers.values())
-    if exact:
-        print(f"note             {exact} layer(s) came back exactly: the source already lies "
-              "on this scheme's grid (an artifact, not a finding)")
+    grid = sum(on_grid(r.rel_error) for r in report.layers.values())
+    if grid:
+        print(f"note             {grid} layer(s) came back within 0.1% (relative L2): the "
+              "source already lies on this scheme's grid (an artifact, not a finding)")
     if report.warnings:
         print(f"range warnings   {len(report.warnings)} (recorded in lowbit.json): "
               + "; ".join(report.warnings[:3]) + (" ..." if len(report.warnings) > 3 else ""))

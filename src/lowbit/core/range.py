@@ -27,6 +27,9 @@ import torch
 from lowbit.core.grouping import row_groups
 from lowbit.core.scheme import Scheme
 
+#: Relative excess over the scale format's max that is rounding, not saturation.
+SATURATION_SLACK = 1e-3
+
 
 class QuantRangeWarning(UserWarning):
     """A scale format saturated or underflowed on some blocks of a weight (see this module)."""
@@ -36,7 +39,9 @@ def warn_saturation(raw: torch.Tensor, scheme: Scheme, name: str, what: str = "s
     """Warn when some of the unrounded per-block values ``raw`` (a scale or float zero point
     about to be stored in the scheme's scale format) lie beyond that format's max."""
     fmt = scheme.scale_fmt
-    over = ~(raw.abs() <= fmt.max)  # NaN and Inf count as beyond
+    # beyond by more than rounding (NVFP4's tensor scale puts the largest block at max
+    # up to an ulp); NaN and Inf count as beyond
+    over = ~(raw.abs() <= fmt.max * (1 + SATURATION_SLACK))
     n = int(over.sum())
     if n:
         worst = float(raw.abs()[over].max())

@@ -48,6 +48,9 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     sp = rec.get("speed") or {}
     mem = rec.get("memory") or {}
     we = rec.get("weight_error") or {}
+    from lowbit.eval.artifact import on_grid_tensors
+
+    grid = on_grid_tensors({n: v.get("rel_error") for n, v in (we.get("layers") or {}).items()})
     return {
         "name": rec["name"],
         "scheme": rec.get("scheme"),
@@ -68,7 +71,9 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
         "prefill_tok_s": sp.get("prefill_tokens_per_s"),
         "decode_tok_s": sp.get("decode_tokens_per_s"),
         "peak_rss_mb": mem["peak_rss_bytes"] / 1e6 if mem else None,
-        "artifact": rec.get("artifact", False),
+        # recomputed from the layer table, so older records follow today's rule too
+        "artifact": bool(grid) and not rec.get("baseline", False),
+        "on_grid_layers": len(grid),
         "exact_layers": len(rec.get("exact_layers") or []),
         "n_layers": len(we.get("layers") or {}),
         "baseline": rec.get("baseline", False),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lowbit import kernels
+from lowbit.eval.artifact import on_grid_tensors
 from lowbit.eval.choice import choice_accuracy
 from lowbit.eval.divergence import divergence
 from lowbit.eval.layers import layer_table, stored_bytes
@@ -133,6 +134,7 @@ def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int 
     qbytes = sum(v["nbytes"] for v in layers.values())
     errs = [v["rel_error"] for v in layers.values() if v.get("rel_error") is not None]
     exact = sorted(n for n, v in layers.items() if v.get("exact"))
+    grid = on_grid_tensors({n: v.get("rel_error") for n, v in layers.items()})
     return {
         "bits_per_weight": qbytes * 8 / params if params else None,
         "linear_params": params,
@@ -144,7 +146,8 @@ def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int 
             "max_rel": float(np.max(errs)) if errs else None,
             "layers": layers,
         },
-        "artifact": bool(exact) and not is_baseline,
+        "artifact": bool(grid) and not is_baseline,  # lowbit.eval.artifact's rule
+        "on_grid_layers": grid,
         "exact_layers": exact,
         "range_warnings": [w for v in layers.values() for w in v.get("warnings") or ()],
     }

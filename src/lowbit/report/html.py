@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lowbit.eval.artifact import RULE as ARTIFACT_RULE
+from lowbit.eval.settings import summary_row
 from lowbit.report.results import settings_line, sort_rows, table_cells
 
 _STYLE = """
@@ -44,16 +46,14 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, s
         body.append("<p>" + "; ".join(f"<b>{esc(str(k))}</b>: {esc(str(v))}"
                                       for k, v in context.items()) + "</p>")
     body.append(f"<p>{esc(settings_line(records))}</p>")
-    artifacts = [r["name"] for r in records if r.get("artifact")]
-    if artifacts:
-        body.append('<p class="note"><b>Artifacts:</b> ' + esc(", ".join(artifacts)) +
-                    ": the source weights already lie on these schemes' grids (weight error "
-                    "exactly 0 on some layers), so their figures are not what the format costs "
-                    "on a float model.</p>")
+    artifacts = [r["name"] for r in records if summary_row(r)["artifact"]]
+    body.append('<p class="note"><b>Artifacts:</b> ' + esc(", ".join(artifacts) or "none") +
+                ". " + esc(ARTIFACT_RULE) + "</p>")
     body.append("<h2>Results</h2><table><thead><tr>" +
                 "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead><tbody>")
     for rec, cells in zip(ordered, rows):
-        cls = "artifact" if rec.get("artifact") else ("baseline" if rec.get("baseline") else "")
+        cls = ("artifact" if summary_row(rec)["artifact"] else
+               "baseline" if rec.get("baseline") else "")
         tds = "".join(
             f"<td>{esc(c)}</td>" if h in ("scheme", "note") else f'<td class="num">{esc(c)}</td>'
             for h, c in zip(headers, cells))

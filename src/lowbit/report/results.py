@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lowbit.eval.artifact import RULE as ARTIFACT_RULE
+from lowbit.eval.artifact import note as artifact_note
 from lowbit.eval.settings import summary_row
 
 RESULTS_JSONL = "results.jsonl"
@@ -92,8 +94,7 @@ def _fmt(v: Any, spec: str) -> str:
 def note(row: dict[str, Any]) -> str:
     """The row's note: the artifact mark (see docs/eval-json.md) or baseline role."""
     if row.get("artifact"):
-        return (f"ARTIFACT: {row['exact_layers']}/{row['n_layers']} layers already on this grid "
-                "(weight error exactly 0)")
+        return artifact_note(row["on_grid_layers"], row["n_layers"])
     return ""
 
 
@@ -182,18 +183,15 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str | None = No
               "them; KL: KL(baseline ‖ model) per scored token over the full vocabulary, "
               "natural log; top-1: share of tokens where both models' most likely next token "
               "agree; same pick: share of questions answered as the baseline answered."]
-    artifacts = [r for r in records if r.get("artifact")]
-    if artifacts:
-        lines += ["", "ARTIFACT rows: the source weights already lie on that scheme's grid "
-                  "(they were dequantized from a similar format), so the measured error is not "
-                  "what the format costs on a float model."]
+    lines += ["", ARTIFACT_RULE]
     return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = ("name", "scheme", "bits_per_weight", "disk_mb", "ppl", "ppl_change_pct",
               "kld_mean", "kld_median", "kld_p99", "top1_pct", "choice_acc_pct", "choice_ci_pct",
               "choice_agree_pct", "weight_rel_error", "prefill_tok_s", "decode_tok_s",
-              "peak_rss_mb", "artifact", "exact_layers", "n_layers", "baseline")
+              "peak_rss_mb", "artifact", "on_grid_layers", "exact_layers", "n_layers",
+              "baseline")
 
 
 def write_csv(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
