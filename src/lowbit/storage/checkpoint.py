@@ -11,6 +11,15 @@ Format versions: 2 (written now) adds scheme JSON version 2 (the ``zero_point`` 
 see :mod:`lowbit.core.qtensor`). Version 1 files are read unchanged: their schemes are scheme JSON
 version 1 (every zero point a float) and they hold no ``perm``.
 
+Shard hashes: checkpoints written since lowbit 0.1.0's integrity change also hold ``"shards":
+{file: {"sha256": hex, "bytes": size}}``, the digest of each shard file as written. The format
+version stays 2: readers ignore fields they do not know, so an older lowbit still reads these
+checkpoints, and a version 1 or 2 checkpoint without ``shards`` still loads (nothing to compare;
+``lowbit verify`` says hashes are absent). :func:`load` compares every shard with its digest
+unless ``verify=False``; see :mod:`lowbit.storage.integrity` for every check. Every file name in
+``lowbit.json`` must be a plain name inside the folder: no separators, ``..``, absolute paths or
+symlinks that lead out (:func:`read_metadata` refuses the file otherwise).
+
 Writes go to a hidden temporary folder that is renamed into place once complete (``lowbit.json``
 last), so an interrupted save leaves nothing that looks like a checkpoint.
 """
@@ -18,6 +27,7 @@ last), so an interrupted save leaves nothing that looks like a checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -32,7 +42,10 @@ from lowbit.core.layer_record import LayerRecord
 from lowbit.core.module_tree import is_output_head, set_submodule
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
-from lowbit.storage.atomic import write_text_atomic
+from lowbit.storage.atomic import check_output_path, named_os_error, write_text_atomic
+from lowbit.storage.safetensors_io import write_file
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "lowbit-checkpoint"
 FORMAT_VERSION = 2
@@ -73,6 +86,7 @@ class ShardWriter:
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.weight_map: dict[str, str] = {}
+        self.shards: dict[str, dict[str, Any]] = {}  # file -> {"sha256", "bytes"}
         self.n_shards = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -89,13 +103,12 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.pending:
             return
         self.n_shards += 1
         file = f"model-{self.n_shards:05d}.safetensors"
-        save_file(self.pending, str(self.folder / file), metadata={"format": "pt"})
+        digest, nbytes = write_file(self.folder / file, self.pending, {"format": "pt"})
+        self.shards[file] = {"sha256": digest, "bytes": nbytes}
         self.weight_map.update(dict.fromkeys(self.pending, file))
         self.pending, self.pending_bytes = {}, 0
 
@@ -160,11 +173,15 @@ def layer_entry(qt: QTensor, *, bias: bool, info: LayerRecord | None = None) -> 
 
 def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
                               generation_config: Any | None = None) -> None:
-    config.save_pretrained(folder)
-    if generation_config is not None:
-        generation_config.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    """Write the Hugging Face config and tokenizer files; a failed write names the folder."""
+    try:
+        config.save_pretrained(folder)
+        if generation_config is not None:
+            generation_config.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    except OSError as err:
+        raise named_os_error(err, folder) from None
 
 
 def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | None = None,
@@ -181,6 +198,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
                          "first")
     source = getattr(model.config, "lowbit_source", None)
     meta = base_metadata(source, keep_dtype, model.config)
+    check_output_path(out)
     with atomic_folder(out, force=force) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         seen: dict[int, str] = {}
@@ -202,6 +220,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
                                                                           q.method, None)
             meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None, info=info)
         meta["tensors"] = writer.weight_map
+        meta["shards"] = writer.shards
         meta["aliases"] = aliases
         save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,
                                   getattr(model, "generation_config", None))
@@ -222,13 +241,16 @@ def _clean_config(config: Any) -> Any:
 
 # --- reading -------------------------------------------------------------------------------
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``lowbit.json``; errors name the file."""
+    """Read and check ``lowbit.json``: its types, and that every file it names is a plain file
+    name inside ``folder`` (:mod:`lowbit.storage.integrity`); errors name the file."""
+    from lowbit.storage.integrity import CheckpointError, description_problems
+
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a lowbit checkpoint: no {META_FILE}")
     try:
-        meta = json.loads(path.read_text())
-    except ValueError as err:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a lowbit checkpoint description")
@@ -238,6 +260,9 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint format version {version!r} is not supported; this lowbit "
             f"({_version()}) reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
+    problems = description_problems(Path(folder), meta)
+    if problems:
+        raise CheckpointError(path, problems)
     return meta
 
 
@@ -263,8 +288,11 @@ class TensorSource:
             raise ValueError(f"{self.folder / META_FILE}: no tensor {name!r} listed")
         path = self.folder / file
         if file not in self._open:
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"{path} is missing (it should hold tensor {name!r})")
+            if not path.is_file():
+                raise ValueError(f"{path} is not a regular file (it should hold tensor "
+                                 f"{name!r})")
             try:
                 self._open[file] = safe_open(str(path), framework="pt")
             except Exception as err:  # safetensors raises its own error types
@@ -275,17 +303,17 @@ class TensorSource:
             raise ValueError(f"{path}: cannot read tensor {name!r}: {err}") from None
 
 
-def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32
-         ) -> tuple[torch.nn.Module, Any]:
-    """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+         verify: bool = True) -> tuple[torch.nn.Module, Any]:
+    """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer). ``verify``
+    checks each shard's recorded sha256 first (``verify=False`` skips it and logs so)."""
+    from lowbit.storage.model_files import build_skeleton, read_config, read_tokenizer
 
     folder = Path(folder)
     meta = read_metadata(folder)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    _verify_before_load(folder, meta, verify)
+    config = read_config(folder)
+    model = build_skeleton(folder, config, dtype)
     source = TensorSource(folder, meta["tensors"])
     _install_quantized_layers(model, meta, source)
     _load_float_tensors(model, meta, source, dtype)
@@ -293,12 +321,22 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32
     model.lowbit_keep_dtype = parse_dtype(meta["keep_dtype"])
     if meta.get("source"):
         model.config.lowbit_source = meta["source"]
-    tokenizer = None
-    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model",
-                                            "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                                  trust_remote_code=False)
+    tokenizer = read_tokenizer(folder, required=False)
     return model.eval(), tokenizer
+
+
+def _verify_before_load(folder: Path, meta: dict[str, Any], verify: bool) -> None:
+    """Compare every shard with its recorded sha256, or say why nothing was compared."""
+    from lowbit.storage.integrity import CheckpointError, hash_problems, hashes_absent
+
+    if not verify:
+        log.warning("%s: loaded without verifying its shard hashes (verify=False / "
+                    "--no-verify)", folder)
+    elif hashes_absent(meta):
+        log.info("%s: no shard hashes recorded (an older checkpoint); contents not verified",
+                 folder)
+    elif problems := hash_problems(folder, meta):
+        raise CheckpointError(folder, problems)
 
 
 def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: TensorSource) -> None:
