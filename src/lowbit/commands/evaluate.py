@@ -133,5 +133,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_eval_options(p)
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
     p.add_argument("--no-verify", action="store_true",
-                   help="load a checkpoint without checking its shard hashes")
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_eval)

@@ -38,5 +38,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="requantize a checkpoint whose scheme is no GGUF type (needs --type)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--no-verify", action="store_true",
-                   help="load a checkpoint without checking its shard hashes")
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_export)

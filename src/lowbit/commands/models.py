@@ -111,7 +111,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.checkpoint}: sound (" + ("structure checked, no hashes to compare"
                                            if verdict.notes else
-                                           "every shard matches its sha256; structure checked")
+                                           "every file matches its sha256; structure checked")
           + ")")
     return 0
 
@@ -212,7 +212,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("verify", help="check a checkpoint: shard hashes, shapes, dtypes, every "
+    p = sub.add_parser("verify", help="check a checkpoint: file hashes, shapes, dtypes, every "
                                       "layer's tensors, no path outside the folder")
     p.add_argument("checkpoint")
     p.set_defaults(handler=cmd_verify)
@@ -225,5 +225,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-verify", action="store_true",
-                   help="load a checkpoint without checking its shard hashes")
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_generate)

@@ -94,7 +94,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     ValueError lists the nearest types, unless `requantize=True` (then `qtype` is required and
     every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
     preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
-    `verify=False` loads a checkpoint without checking its shard hashes.
+    `verify=False` loads a checkpoint without checking its file hashes.
     """
     t0 = time.perf_counter()
     out = Path(out_path)

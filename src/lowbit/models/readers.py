@@ -19,8 +19,8 @@ _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError, Ru
 def load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = read_tokenizer(folder, required=True)
     config = read_config(folder)
+    tokenizer = read_tokenizer(folder, required=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, config=config, dtype=dtype, local_files_only=True, use_safetensors=True,

@@ -184,7 +184,7 @@ def quantize_folder(
         if missing:
             raise ValueError(f"{source}: no weights found for layers {missing[:5]}")
         meta["tensors"] = writer.weight_map
-        meta["shards"] = writer.shards
+        meta["files"] = writer.shards
         meta["aliases"] = dict.fromkeys(tied, src.embedding)
         save_config_and_tokenizer(tmp, src.config, src.tokenizer, src.generation_config)
         write_metadata(tmp, meta)

@@ -11,11 +11,12 @@ Format versions: 2 (written now) adds scheme JSON version 2 (the ``zero_point`` 
 see :mod:`lowbit.core.qtensor`). Version 1 files are read unchanged: their schemes are scheme JSON
 version 1 (every zero point a float) and they hold no ``perm``.
 
-Shard hashes: checkpoints written since lowbit 0.1.0's integrity change also hold ``"shards":
-{file: {"sha256": hex, "bytes": size}}``, the digest of each shard file as written. The format
-version stays 2: readers ignore fields they do not know, so an older lowbit still reads these
-checkpoints, and a version 1 or 2 checkpoint without ``shards`` still loads (nothing to compare;
-``lowbit verify`` says hashes are absent). :func:`load` compares every shard with its digest
+File hashes: checkpoints written since lowbit 0.1.0's integrity change also hold ``"files":
+{name: {"sha256": hex, "bytes": size}}``, the digest of every file of the folder but
+``lowbit.json`` (shards, config, tokenizer) as written. The format version stays 2: readers
+ignore fields they do not know, so an older lowbit still reads these checkpoints, and a version
+1 or 2 checkpoint without ``files`` still loads (nothing to compare; ``lowbit verify`` says
+hashes are absent). :func:`load` compares every shard with its digest
 unless ``verify=False``; see :mod:`lowbit.storage.integrity` for every check. Every file name in
 ``lowbit.json`` must be a plain name inside the folder: no separators, ``..``, absolute paths or
 symlinks that lead out (:func:`read_metadata` refuses the file otherwise).
@@ -141,7 +142,14 @@ def atomic_folder(out: Path, *, force: bool) -> Iterator[Path]:
 
 
 def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
-    """Write ``lowbit.json`` (the last file of a checkpoint)."""
+    """Write ``lowbit.json`` (the last file of a checkpoint), after recording the sha256 and
+    size of every other file in ``folder`` that ``meta["files"]`` does not hold yet."""
+    from lowbit.storage.integrity import sha256_of
+
+    files = meta.setdefault("files", {})
+    for path in sorted(folder.iterdir()):
+        if path.name != META_FILE and path.name not in files and path.is_file():
+            files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     write_text_atomic(folder / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
 
 
@@ -220,7 +228,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
                                                                           q.method, None)
             meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None, info=info)
         meta["tensors"] = writer.weight_map
-        meta["shards"] = writer.shards
+        meta["files"] = writer.shards
         meta["aliases"] = aliases
         save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,
                                   getattr(model, "generation_config", None))
@@ -306,7 +314,7 @@ class TensorSource:
 def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
          verify: bool = True) -> tuple[torch.nn.Module, Any]:
     """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer). ``verify``
-    checks each shard's recorded sha256 first (``verify=False`` skips it and logs so)."""
+    checks each file's recorded sha256 first (``verify=False`` skips it and logs so)."""
     from lowbit.storage.model_files import build_skeleton, read_config, read_tokenizer
 
     folder = Path(folder)
@@ -326,14 +334,14 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
 
 
 def _verify_before_load(folder: Path, meta: dict[str, Any], verify: bool) -> None:
-    """Compare every shard with its recorded sha256, or say why nothing was compared."""
+    """Compare every file with its recorded sha256, or say why nothing was compared."""
     from lowbit.storage.integrity import CheckpointError, hash_problems, hashes_absent
 
     if not verify:
-        log.warning("%s: loaded without verifying its shard hashes (verify=False / "
+        log.warning("%s: loaded without verifying its file hashes (verify=False / "
                     "--no-verify)", folder)
     elif hashes_absent(meta):
-        log.info("%s: no shard hashes recorded (an older checkpoint); contents not verified",
+        log.info("%s: no file hashes recorded (an older checkpoint); contents not verified",
                  folder)
     elif problems := hash_problems(folder, meta):
         raise CheckpointError(folder, problems)

@@ -10,13 +10,16 @@ Three levels, each a list of problems (one line each, naming the file, tensor or
   regular file of the recorded size and a valid safetensors file; every listed tensor is in its
   shard; every quantized layer has the parts, shapes and dtypes its scheme needs; the model that
   ``config.json`` builds has every layer and parameter, with the same shapes. ``lowbit inspect``.
-* :func:`hash_problems` (reads everything): each shard's sha256 equals the one recorded at write
-  time. ``lowbit verify`` runs all three; :func:`lowbit.storage.checkpoint.load` hashes too
-  unless ``verify=False``.
+* :func:`hash_problems` (reads everything): each file's sha256 (shards, config, tokenizer)
+  equals the one recorded at write time. ``lowbit verify`` runs all three;
+  :func:`lowbit.storage.checkpoint.load` hashes too unless ``verify=False``.
 
-Hashes are per shard file, not per tensor: a shard's digest also covers its safetensors header
-(the dtypes, shapes and offsets), so a flipped header byte is caught even where it still parses,
-and it can be computed while the shard is written and checked with ``sha256sum``.
+Hashes are per file, not per tensor: a shard's digest also covers its safetensors header (the
+dtypes, shapes and offsets), so a flipped header byte is caught even where it still parses; it
+is computed while the shard is written; ``config.json`` and the tokenizer files change what a
+model computes as surely as its weights, so they are hashed too; and any file can be checked
+with ``sha256sum``. ``lowbit.json`` itself is not hashed (it holds the hashes); its layer
+records are checked against the shards instead (sizes, shapes, parts).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-SHARDS = "shards"  # lowbit.json: shard file -> {"sha256": hex, "bytes": size}
+FILES = "files"  # lowbit.json: every other file of the folder -> {"sha256": hex, "bytes": size}
 _CHUNK = 1 << 20
 
 
@@ -89,14 +92,14 @@ def description_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
         problems.append("'aliases' is not an object mapping names to stored tensor names")
     if meta.get("keep_dtype") not in _DTYPES:
         problems.append(f"keep_dtype {meta.get('keep_dtype')!r} is not one of {list(_DTYPES)}")
-    shards = meta.get(SHARDS, {})
-    if not isinstance(shards, dict) or not all(
+    files = meta.get(FILES, {})
+    if not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("sha256"), str)
-            and isinstance(v.get("bytes"), int) for v in shards.values()):
-        problems.append(f"'{SHARDS}' is not an object of {{sha256, bytes}} records")
-        shards = {}
-    for file in sorted(set(meta["tensors"].values()) | set(shards)):
-        if (p := member_problem(folder, file, "shard")) is not None:
+            and isinstance(v.get("bytes"), int) for v in files.values()):
+        problems.append(f"'{FILES}' is not an object of {{sha256, bytes}} records")
+        files = {}
+    for file in sorted(set(meta["tensors"].values()) | set(files)):
+        if (p := member_problem(folder, file, "file")) is not None:
             problems.append(p)
     for alias, target in (meta.get("aliases") or {}).items():
         if isinstance(target, str) and target not in meta["tensors"]:
@@ -110,20 +113,23 @@ def _shard_headers(folder: Path, meta: dict[str, Any], problems: list[str]) -> d
     """Each readable shard's safetensors header; the unreadable ones are problems."""
     from lowbit.storage.safetensors_io import read_header
 
-    records = meta.get(SHARDS) or {}
+    records = meta.get(FILES) or {}
     headers: dict[str, dict] = {}
-    for file in sorted(set(meta["tensors"].values()) | set(records)):
+    shards = set(meta["tensors"].values())
+    for file in sorted(shards | set(records)):
         path = folder / file
         if not path.exists():
-            problems.append(f"shard {file} is missing")
+            problems.append(f"file {file} is missing")
             continue
         if not path.is_file():
-            problems.append(f"shard {file} is not a regular file")
+            problems.append(f"file {file} is not a regular file")
             continue
         size = path.stat().st_size
         if file in records and size != records[file]["bytes"]:
-            problems.append(f"shard {file} has {size} bytes, {records[file]['bytes']} were "
+            problems.append(f"file {file} has {size} bytes, {records[file]['bytes']} were "
                             "written")
+            continue
+        if file not in shards:
             continue
         try:
             headers[file] = read_header(path)
@@ -169,6 +175,13 @@ def _layer_problems(meta: dict[str, Any], headers: dict[str, dict]) -> list[str]
                                  name=name)
         except (ValueError, TypeError, KeyError, RuntimeError) as err:
             problems.append(str(err) if str(err).startswith(name) else f"{name}: {err}")
+            continue
+        nbytes = sum(i.end - i.start for t, i in found.items() if t.startswith(prefix))
+        bits = nbytes * 8 / (info["shape"][0] * info["shape"][1])
+        if nbytes != info["nbytes"] or abs(bits - info["bits_per_weight"]) > 1e-9:
+            problems.append(f"layer {name}: lowbit.json says {info['nbytes']} bytes, "
+                            f"{info['bits_per_weight']} bits/weight; its tensors hold {nbytes} "
+                            f"bytes, {bits} bits/weight")
         if info.get("bias") and name + ".bias" not in meta["tensors"]:
             problems.append(f"layer {name}: its bias is not stored")
     return problems
@@ -207,26 +220,26 @@ def sha256_of(path: Path) -> str:
 
 
 def hash_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
-    """Shards whose sha256 differs from the one recorded when they were written."""
+    """Files whose sha256 differs from the one recorded when they were written."""
     problems = []
-    for file, record in sorted((meta.get(SHARDS) or {}).items()):
+    for file, record in sorted((meta.get(FILES) or {}).items()):
         path = folder / file
         if not path.is_file():
             continue  # reported by the structural checks, or by the reader
         try:
             digest = sha256_of(path)
         except OSError as err:
-            problems.append(f"shard {file} cannot be read: {err.strerror or err}")
+            problems.append(f"file {file} cannot be read: {err.strerror or err}")
             continue
         if digest != record["sha256"]:
-            problems.append(f"shard {file} has sha256 {digest[:16]}..., "
+            problems.append(f"file {file} has sha256 {digest[:16]}..., "
                             f"{record['sha256'][:16]}... was written: its bytes changed")
     return problems
 
 
 def hashes_absent(meta: dict[str, Any]) -> bool:
-    """True for a checkpoint written before lowbit recorded shard hashes."""
-    return not meta.get(SHARDS)
+    """True for a checkpoint written before lowbit recorded file hashes."""
+    return not meta.get(FILES)
 
 
 @dataclass
@@ -261,7 +274,7 @@ def check(folder: str | os.PathLike, *, hashes: bool = True) -> Verdict:
         return verdict
     verdict.problems += structural_problems(folder, meta)
     if hashes and hashes_absent(meta):
-        verdict.notes.append("no shard hashes recorded (written before lowbit recorded them): "
+        verdict.notes.append("no file hashes recorded (written before lowbit recorded them): "
                              "contents not hashed, structure checked")
     elif hashes:
         verdict.problems += hash_problems(folder, meta)
