@@ -23,6 +23,17 @@ _MIN_KV = 8 + 4 + 1  # empty key, type, one byte of value
 _MIN_TENSOR = 8 + 4 + 4 + 8  # empty name, n_dims, type, offset
 _MAX_DIMS = 4
 _DEFAULT_ALIGNMENT = 32
+# Value types the GGUF spec gives the hyperparameters transformers reads: a float read as an
+# integer (same size, so the layout stays sound) would silently change the model.
+_FLOATS, _INTS = (6, 12), (0, 1, 2, 3, 4, 5, 10, 11)
+_TYPED_KEYS = (
+    ((".rope.freq_base", ".layer_norm_rms_epsilon", ".layer_norm_epsilon", ".rope.scale_linear",
+      ".attn_logit_softcapping", ".final_logit_softcapping"), _FLOATS, "a float"),
+    ((".context_length", ".embedding_length", ".block_count", ".feed_forward_length",
+      ".attention.head_count", ".attention.head_count_kv", ".vocab_size",
+      ".rope.dimension_count", ".attention.key_length", ".attention.value_length",
+      "general.alignment", "_token_id", ".sliding_window"), _INTS, "an integer"),
+)
 
 
 class _Cursor:
@@ -124,11 +135,15 @@ def _tensor_infos(cur: _Cursor, n_tensors: int) -> list[tuple[str, int, int]]:
 
 
 def _alignment(cur: _Cursor, n_kv: int) -> int:
-    """Walk the key-value pairs; return general.alignment (default 32)."""
+    """Walk the key-value pairs, checking the value types of the standard hyperparameters;
+    return general.alignment (default 32)."""
     alignment = _DEFAULT_ALIGNMENT
     for i in range(n_kv):
         key = cur.string(f"key {i}")
         vtype = cur.take("<I", f"value type of key {key!r}")
+        for suffixes, allowed, kind in _TYPED_KEYS:
+            if key.endswith(suffixes) and vtype not in allowed:
+                raise cur.fail(f"key {key!r} has value type {vtype}, not {kind}")
         value = cur.value(vtype, f"value of key {key!r}")
         if key == "general.alignment":
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**16:

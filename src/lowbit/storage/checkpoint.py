@@ -335,8 +335,15 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
 
 def _verify_before_load(folder: Path, meta: dict[str, Any], verify: bool) -> None:
     """Compare every file with its recorded sha256, or say why nothing was compared."""
-    from lowbit.storage.integrity import CheckpointError, hash_problems, hashes_absent
+    from lowbit.storage.integrity import (
+        CheckpointError,
+        hash_problems,
+        hashes_absent,
+        storage_problems,
+    )
 
+    if problems := storage_problems(folder, meta):  # headers only: cheap, and never skipped
+        raise CheckpointError(folder, problems)
     if not verify:
         log.warning("%s: loaded without verifying its file hashes (verify=False / "
                     "--no-verify)", folder)
@@ -355,7 +362,10 @@ def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: Tensor
         if name not in modules:
             raise ValueError(f"{META_FILE}: layer {name!r} does not exist in the "
                              f"{type(model).__name__} built from config.json")
-        scheme = Scheme.from_json(info["scheme"])
+        try:
+            scheme = Scheme.from_json(info["scheme"])
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{META_FILE}: layer {name!r} has an invalid scheme: {err}") from None
         prefix = name + QWEIGHT
         parts = {t[len(prefix):]: source.get(t) for t in meta["tensors"] if t.startswith(prefix)}
         qt = QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)

@@ -76,6 +76,8 @@ def _layer_entry_problem(name: str, info: Any) -> str | None:
             return f"layer {name!r}: {key} {info.get(key)!r} is not a number"
     if not isinstance(info.get("bias", False), bool):
         return f"layer {name!r}: bias {info.get('bias')!r} is not true or false"
+    if not isinstance(info.get("method", ""), str):
+        return f"layer {name!r}: method {info.get('method')!r} is not a name"
     return None
 
 
@@ -88,9 +90,11 @@ def description_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
         return ["'layers' is not an object"]
     if not _is_str_map(meta.get("tensors")):
         return ["'tensors' is not an object mapping tensor names to shard file names"]
-    if not _is_str_map(meta.get("aliases", {})):
+    aliases = meta.get("aliases", {})
+    if not _is_str_map(aliases):
         problems.append("'aliases' is not an object mapping names to stored tensor names")
-    if meta.get("keep_dtype") not in _DTYPES:
+        aliases = {}
+    if not isinstance(meta.get("keep_dtype"), str) or meta["keep_dtype"] not in _DTYPES:
         problems.append(f"keep_dtype {meta.get('keep_dtype')!r} is not one of {list(_DTYPES)}")
     files = meta.get(FILES, {})
     if not isinstance(files, dict) or not all(
@@ -101,8 +105,8 @@ def description_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
     for file in sorted(set(meta["tensors"].values()) | set(files)):
         if (p := member_problem(folder, file, "file")) is not None:
             problems.append(p)
-    for alias, target in (meta.get("aliases") or {}).items():
-        if isinstance(target, str) and target not in meta["tensors"]:
+    for alias, target in aliases.items():
+        if target not in meta["tensors"]:
             problems.append(f"alias {alias!r} points to {target!r}, which is not stored")
     problems += [p for n, i in meta["layers"].items()
                  if (p := _layer_entry_problem(n, i)) is not None]
@@ -151,6 +155,24 @@ def _stand_in(info: Any) -> torch.Tensor:
     return torch.empty(info.shape, dtype=info.dtype, device="meta")
 
 
+def scheme_parts(scheme: Any) -> set[str]:
+    """The parts a quantized layer of ``scheme`` must store (``perm`` is optional)."""
+    parts = {"codes", "scale"}
+    parts |= set() if scheme.symmetric else {"zero"}
+    parts |= {"scale_scale", "scale_mean"} if scheme.double_quant else set()
+    parts |= {"tensor_scale"} if scheme.tensor_scale else set()
+    parts |= {"outlier_index", "outlier_value"} if scheme.outliers is not None else set()
+    return parts
+
+
+def storage_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
+    """What :func:`lowbit.storage.checkpoint.load` checks before reading any tensor data:
+    shards readable, every tensor they hold listed, every layer with all its parts."""
+    problems: list[str] = []
+    headers = _shard_headers(folder, meta, problems)
+    return problems + _layer_problems(meta, headers)
+
+
 def _layer_problems(meta: dict[str, Any], headers: dict[str, dict]) -> list[str]:
     """Every quantized layer has the parts its scheme needs, in the shapes and dtypes it needs."""
     from lowbit.core.qtensor import QTensor
@@ -171,9 +193,11 @@ def _layer_problems(meta: dict[str, Any], headers: dict[str, dict]) -> list[str]
                 parts[part] = (torch.arange(t.numel(), dtype=t.dtype) if part == "perm"
                                else torch.zeros(t.shape, dtype=t.dtype))
         try:
-            QTensor.from_tensors(Scheme.from_json(info["scheme"]), tuple(info["shape"]), parts,
-                                 name=name)
-        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            scheme = Scheme.from_json(info["scheme"])
+            QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)
+            if missing := sorted(scheme_parts(scheme) - set(parts)):
+                raise ValueError(f"{name}: scheme {scheme} needs parts {missing}, not stored")
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
             problems.append(str(err) if str(err).startswith(name) else f"{name}: {err}")
             continue
         nbytes = sum(i.end - i.start for t, i in found.items() if t.startswith(prefix))
