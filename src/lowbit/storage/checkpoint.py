@@ -28,7 +28,6 @@ last), so an interrupted save leaves nothing that looks like a checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -45,8 +44,6 @@ from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.storage.atomic import check_output_path, named_os_error, write_text_atomic
 from lowbit.storage.safetensors_io import write_file
-
-log = logging.getLogger(__name__)
 
 FORMAT_NAME = "lowbit-checkpoint"
 FORMAT_VERSION = 2
@@ -315,11 +312,12 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
          verify: bool = True) -> tuple[torch.nn.Module, Any]:
     """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer). ``verify``
     checks each file's recorded sha256 first (``verify=False`` skips it and logs so)."""
+    from lowbit.storage.integrity import check_before_load
     from lowbit.storage.model_files import build_skeleton, read_config, read_tokenizer
 
     folder = Path(folder)
     meta = read_metadata(folder)
-    _verify_before_load(folder, meta, verify)
+    check_before_load(folder, meta, verify)
     config = read_config(folder)
     model = build_skeleton(folder, config, dtype)
     source = TensorSource(folder, meta["tensors"])
@@ -331,27 +329,6 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
         model.config.lowbit_source = meta["source"]
     tokenizer = read_tokenizer(folder, required=False)
     return model.eval(), tokenizer
-
-
-def _verify_before_load(folder: Path, meta: dict[str, Any], verify: bool) -> None:
-    """Compare every file with its recorded sha256, or say why nothing was compared."""
-    from lowbit.storage.integrity import (
-        CheckpointError,
-        hash_problems,
-        hashes_absent,
-        storage_problems,
-    )
-
-    if problems := storage_problems(folder, meta):  # headers only: cheap, and never skipped
-        raise CheckpointError(folder, problems)
-    if not verify:
-        log.warning("%s: loaded without verifying its file hashes (verify=False / "
-                    "--no-verify)", folder)
-    elif hashes_absent(meta):
-        log.info("%s: no file hashes recorded (an older checkpoint); contents not verified",
-                 folder)
-    elif problems := hash_problems(folder, meta):
-        raise CheckpointError(folder, problems)
 
 
 def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: TensorSource) -> None:

@@ -25,6 +25,7 @@ records are checked against the shards instead (sizes, shapes, parts).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
 FILES = "files"  # lowbit.json: every other file of the folder -> {"sha256": hex, "bytes": size}
 _CHUNK = 1 << 20
 
@@ -303,3 +305,19 @@ def check(folder: str | os.PathLike, *, hashes: bool = True) -> Verdict:
     elif hashes:
         verdict.problems += hash_problems(folder, meta)
     return verdict
+
+
+def check_before_load(folder: Path, meta: dict[str, Any], verify: bool) -> None:
+    """What :func:`lowbit.storage.checkpoint.load` checks first: the shard headers against
+    ``lowbit.json`` (always), then every file against its sha256 unless ``verify`` is False
+    (logged as a warning)."""
+    if problems := storage_problems(folder, meta):  # headers only: cheap, and never skipped
+        raise CheckpointError(folder, problems)
+    if not verify:
+        log.warning("%s: loaded without verifying its file hashes (verify=False / "
+                    "--no-verify)", folder)
+    elif hashes_absent(meta):
+        log.info("%s: no file hashes recorded (an older checkpoint); contents not verified",
+                 folder)
+    elif problems := hash_problems(folder, meta):
+        raise CheckpointError(folder, problems)
