@@ -75,6 +75,11 @@ def tiny_tokens() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level tokenizer: token id b is byte b, then " t", <s> and </s>; built in memory."""
+    return build_tiny_tokenizer()
+
+
+def build_tiny_tokenizer():
+    """The tiny_tokenizer fixture's tokenizer, for code outside pytest (benchmarks)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -79,14 +79,15 @@ def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
     return _quantize(model, scheme, **kwargs)
 
 
-def load_model(source: str, **kwargs: Any):
-    """Load a Hugging Face folder, a GGUF file or a built-in model as (model, tokenizer)."""
+def load_model(source: str, *, verify: bool = True, **kwargs: Any):
+    """Load a lowbit checkpoint, a Hugging Face folder, a GGUF file or a built-in model as
+    (model, tokenizer); ``verify`` applies to a checkpoint (see :func:`load`)."""
     from lowbit.models import load_model as _load_model
     from lowbit.storage.checkpoint import is_checkpoint
     from lowbit.storage.checkpoint import load as _load
 
     if is_checkpoint(source):
-        return _load(source, **kwargs)
+        return _load(source, verify=verify, **kwargs)
     return _load_model(source, **kwargs)
 
 
@@ -98,7 +99,8 @@ def save(model: torch.nn.Module, out: str, **kwargs: Any):
 
 
 def load(folder: str, **kwargs: Any):
-    """Load a lowbit checkpoint as (model, tokenizer)."""
+    """Load a lowbit checkpoint as (model, tokenizer), checking each shard's recorded sha256
+    first (``verify=False`` skips that, and logs a warning saying so)."""
     from lowbit.storage.checkpoint import load as _load
 
     return _load(folder, **kwargs)

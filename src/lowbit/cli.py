@@ -102,6 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             ModuleNotFoundError, OutputLockedError) as err:
         print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, read-only, permission, not a directory, ...
+        print(f"lowbit {args.command}: error: {describe_os_error(err, args)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(err: OSError, args: argparse.Namespace) -> str:
+    """One line naming the path and the cause; an error that names no path (a failed write)
+    is told against the command's output."""
+    import errno
+
+    cause = err.strerror or str(err)
+    if err.errno in errno.errorcode:
+        cause += f" ({errno.errorcode[err.errno]})"
+    path = err.filename or getattr(args, "output", None) or getattr(args, "json", None)
+    if path is None:
+        return cause
+    return f"{path}{f' -> {err.filename2}' if err.filename2 else ''}: {cause}"
 
 
 if __name__ == "__main__":

@@ -82,8 +82,14 @@ def choice_path(name: str | os.PathLike[str]) -> Path:
 
 
 def read_text(name: str | os.PathLike[str]) -> str:
-    """The whole text of a corpus (see :func:`text_path`), decoded as UTF-8."""
-    return text_path(name).read_text(encoding="utf-8")
+    """The whole text of a corpus (see :func:`text_path`), decoded as UTF-8; a file that is not
+    UTF-8 text (a binary file given by mistake) is a ValueError naming it."""
+    path = text_path(name)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); give a "
+                         "plain text file") from None
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,13 @@ def load_questions(name: str | os.PathLike[str]) -> list[Question]:
     """Read and validate a JSONL question file; a bad line raises ValueError naming file:line."""
     path = choice_path(name)
     questions: list[Question] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                questions.append(_parse_question(line, f"{path}:{number}"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            questions.append(_parse_question(line, f"{path}:{number}"))
     if not questions:
         raise ValueError(f"{path}: no questions in the file")
     return questions

@@ -36,7 +36,7 @@ def check_data(settings: Any) -> None:
     from lowbit import data
 
     for name in settings.texts:
-        data.text_path(name)
+        data.read_text(name)  # also refuses a file that is not UTF-8 text, before any model
     for name in settings.choice:
         data.choice_path(name)
 
@@ -68,7 +68,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     check_data(settings)
-    model, tok = lowbit.load_model(args.model)
+    if args.json:
+        from lowbit.storage.atomic import check_output_path
+
+        check_output_path(args.json)  # before the minutes of evaluation, not after
+    model, tok = lowbit.load_model(args.model, verify=not args.no_verify)
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer files")
     base_name = args.baseline or default_baseline(args.model)
@@ -101,9 +105,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print("baseline: " + (base_name or "none (no KL; pass --baseline)"))
     if args.json:
         from lowbit.report.results import _finite
+        from lowbit.storage.atomic import write_text_atomic
 
-        Path(args.json).write_text(json.dumps(_finite(rec), indent=1, sort_keys=True,
-                                              allow_nan=False) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(_finite(rec), indent=1, sort_keys=True,
+                                                allow_nan=False) + "\n")
         print(f"json: {args.json}")
     return 0
 
@@ -131,4 +136,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", help="model to compare with (default: a checkpoint's source)")
     add_eval_options(p)
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_eval)

@@ -9,7 +9,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lowbit.export import to_gguf
 
     report = to_gguf(args.source, args.output, qtype=args.type, requantize=args.requantize,
-                     force=args.force, progress=True)
+                     force=args.force, progress=True, verify=not args.no_verify)
     counts = ", ".join(f"{n} {t}" for t, n in report.type_counts().items())
     print(f"source           {report.source} ({report.arch})")
     print(f"type             {report.preset or 'as stored (lossless)'}")
@@ -37,4 +37,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requantize", action="store_true",
                    help="requantize a checkpoint whose scheme is no GGUF type (needs --type)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_export)

@@ -59,11 +59,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from lowbit.eval.artifact import on_grid
     from lowbit.models import resolve_source
     from lowbit.pipeline.plan import parse_overrides
+    from lowbit.storage.atomic import check_output_path
     from lowbit.storage.lock import output_lock
 
     Scheme.parse(args.scheme)
     overrides = parse_overrides(args.override or [])
     out = Path(args.output)
+    check_output_path(out)  # before the lock, whose file sits beside the output
     t0 = time.perf_counter()
     with output_lock(out):  # the whole run: a second process on this output fails at once
         if out.exists() and not args.force:
@@ -96,7 +98,42 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_problems(command: str, checkpoint: str, problems: list[str]) -> None:
+    print(f"lowbit {command}: {checkpoint} is broken: {len(problems)} problem(s)",
+          file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every check, hashes included; exit 0 if sound, 1 with the list of problems if not."""
+    from lowbit.storage.integrity import check
+
+    verdict = check(args.checkpoint, hashes=True)
+    for note in verdict.notes:
+        print(f"note: {note}")
+    if not verdict.sound:
+        _print_problems("verify", args.checkpoint, verdict.problems)
+        return 1
+    print(f"{args.checkpoint}: sound (" + ("structure checked, no hashes to compare"
+                                           if verdict.notes else
+                                           "every file matches its sha256; structure checked")
+          + ")")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from lowbit.storage.integrity import check
+
+    verdict = check(args.checkpoint, hashes=False)  # structure only: headers, never data
+    if not verdict.sound:
+        _print_problems("inspect", args.checkpoint, verdict.problems)
+        return 1
+    _print_layer_table(args)
+    return 0
+
+
+def _print_layer_table(args: argparse.Namespace) -> None:
     from lowbit.report.table import render_table
     from lowbit.storage.checkpoint import read_metadata
 
@@ -117,13 +154,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"{_human(total_b)}, {total_b * 8 / total_w:.4f} bits/weight; kept tensors in "
           f"{meta['keep_dtype']}; source {src.get('name', '?')} "
           f"(sha256 {str(src.get('sha256', '?'))[:12]}...)")
-    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import lowbit
 
-    model, tokenizer = lowbit.load_model(args.model)
+    model, tokenizer = lowbit.load_model(args.model, verify=not args.no_verify)
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files")
 
@@ -185,6 +221,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(handler=cmd_inspect)
 
+    p = sub.add_parser("verify", help="check a checkpoint: file hashes, shapes, dtypes, every "
+                                      "layer's tensors, no path outside the folder")
+    p.add_argument("checkpoint")
+    p.set_defaults(handler=cmd_verify)
+
     p = sub.add_parser("generate", help="generate text from a model or a lowbit checkpoint")
     p.add_argument("model", help="checkpoint folder, Hugging Face folder, .gguf or built-in name")
     p.add_argument("prompt")
@@ -192,4 +233,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a checkpoint without checking its file hashes")
     p.set_defaults(handler=cmd_generate)

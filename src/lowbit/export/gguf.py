@@ -12,6 +12,7 @@ by lowbit's byte-exact ggml encoders following a llama.cpp preset (see `gguf_typ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from lowbit.export.gguf_types import (
     nearest_types,
     preset_type,
 )
+from lowbit.storage.atomic import check_output_path, named_os_error
 from lowbit.storage.lock import output_lock
 from lowbit.storage.partials import clean_stale, temp_sibling
 
@@ -85,8 +87,8 @@ class _Entry:
 
 
 def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: str | None = None,
-            requantize: bool = False, force: bool = False, progress: bool = False
-            ) -> ExportReport:
+            requantize: bool = False, force: bool = False, progress: bool = False,
+            verify: bool = True) -> ExportReport:
     """Export `source` (a lowbit checkpoint folder, or a float model: HF folder, .gguf, built-in
     name) to the GGUF file `out_path`.
 
@@ -94,9 +96,11 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     ValueError lists the nearest types, unless `requantize=True` (then `qtype` is required and
     every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
     preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
+    `verify=False` loads a checkpoint without checking its file hashes.
     """
     t0 = time.perf_counter()
     out = Path(out_path)
+    check_output_path(out)  # before the lock, whose file sits beside the output
     with output_lock(out):  # the whole run; leftovers of killed exports of `out` go first
         for line in clean_stale(out).lines():
             log.warning("%s", line)
@@ -105,7 +109,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         if out.is_dir():
             raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
         preset = None if qtype is None else check_preset(qtype)
-        model, keep = _load_source(source, preset, requantize)
+        model, keep = _load_source(source, preset, requantize, verify)
         config = model.config
         arch = meta.gguf_arch(config)
         src_info = getattr(config, "lowbit_source", None)
@@ -133,8 +137,8 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     )
 
 
-def _load_source(source: str | os.PathLike, preset: str | None, requantize: bool
-                 ) -> tuple[torch.nn.Module, str]:
+def _load_source(source: str | os.PathLike, preset: str | None, requantize: bool,
+                 verify: bool = True) -> tuple[torch.nn.Module, str]:
     """The model to export and the GGUF type its kept float tensors go out as."""
     from lowbit.storage.checkpoint import is_checkpoint
 
@@ -144,7 +148,7 @@ def _load_source(source: str | os.PathLike, preset: str | None, requantize: bool
         if requantize and preset is None:
             raise ValueError("requantize=True (--requantize) needs a type to requantize to "
                              f"(qtype / --type: one of {', '.join(PRESETS)})")
-        model, _ = load(source)
+        model, _ = load(source, verify=verify)
         return model, _KEEP_TYPES[getattr(model, "lowbit_keep_dtype", torch.float16)]
     from lowbit.models import load_model
 
@@ -284,9 +288,12 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
             writer.write_tensor_data(data)
         writer.close()
         os.replace(tmp, out)
-    except BaseException:
-        writer.close()
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # closing a file on a full disk fails again
+            writer.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise named_os_error(err, out) from None
         raise
 
 

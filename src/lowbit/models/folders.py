@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from lowbit.models.builtins import BUILTINS
+from lowbit.storage.model_files import TOKENIZER_FILES
 
+__all__ = ["TOKENIZER_FILES", "accepted_sources", "hf_weight_files", "is_gguf"]
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
 def accepted_sources() -> str:

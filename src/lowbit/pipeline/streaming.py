@@ -30,6 +30,7 @@ from lowbit.methods.registry import Method, get_method
 from lowbit.pipeline.driver import quantize_layer
 from lowbit.pipeline.inmemory import QuantizeReport
 from lowbit.pipeline.plan import plan_layers
+from lowbit.storage.atomic import check_output_path
 from lowbit.storage.checkpoint import (
     DEFAULT_SHARD_BYTES,
     QWEIGHT,
@@ -91,17 +92,16 @@ class _Source:
 
 def _open_source(folder: Path) -> _Source:
     """Read config, tokenizer and generation config, and build the model without weights."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    with init_empty_weights(include_buffers=False):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                              trust_remote_code=False)
+    from lowbit.storage.model_files import build_skeleton, read_config, read_tokenizer
+
+    config = read_config(folder)
+    skeleton = build_skeleton(folder, config)
+    tokenizer = read_tokenizer(folder, required=True)
     try:
         generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
-    except OSError:
+    except (OSError, ValueError):
         generation_config = None
     return _Source(folder, config, skeleton, tokenizer, generation_config)
 
@@ -177,6 +177,7 @@ def quantize_folder(
     t0 = time.perf_counter()
     meta = base_metadata(source_info, keep_dtype, src.config)
     names = list(_source_tensors(src.folder))
+    check_output_path(out)
     with atomic_folder(Path(out), force=force) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         for path, info in tqdm(names, desc="quantize", unit="tensor", disable=not progress):
@@ -186,6 +187,7 @@ def quantize_folder(
         if missing:
             raise ValueError(f"{source}: no weights found for layers {missing[:5]}")
         meta["tensors"] = writer.weight_map
+        meta["files"] = writer.shards
         meta["aliases"] = dict.fromkeys(tied, src.embedding)
         save_config_and_tokenizer(tmp, src.config, src.tokenizer, src.generation_config)
         write_metadata(tmp, meta)

@@ -11,6 +11,16 @@ Format versions: 2 (written now) adds scheme JSON version 2 (the ``zero_point`` 
 see :mod:`lowbit.core.qtensor`). Version 1 files are read unchanged: their schemes are scheme JSON
 version 1 (every zero point a float) and they hold no ``perm``.
 
+File hashes: checkpoints written since lowbit 0.1.0's integrity change also hold ``"files":
+{name: {"sha256": hex, "bytes": size}}``, the digest of every file of the folder but
+``lowbit.json`` (shards, config, tokenizer) as written. The format version stays 2: readers
+ignore fields they do not know, so an older lowbit still reads these checkpoints, and a version
+1 or 2 checkpoint without ``files`` still loads (nothing to compare; ``lowbit verify`` says
+hashes are absent). :func:`load` compares every shard with its digest
+unless ``verify=False``; see :mod:`lowbit.storage.integrity` for every check. Every file name in
+``lowbit.json`` must be a plain name inside the folder: no separators, ``..``, absolute paths or
+symlinks that lead out (:func:`read_metadata` refuses the file otherwise).
+
 Writes go to a hidden temporary folder that is renamed into place once complete (``lowbit.json``
 last), so an interrupted save leaves nothing that looks like a checkpoint.
 """
@@ -32,9 +42,10 @@ from lowbit.core.layer_record import LayerRecord
 from lowbit.core.module_tree import is_output_head, set_submodule
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
-from lowbit.storage.atomic import write_text_atomic
+from lowbit.storage.atomic import check_output_path, named_os_error, write_text_atomic
 from lowbit.storage.lock import output_lock
 from lowbit.storage.partials import clean_stale, temp_sibling
+from lowbit.storage.safetensors_io import write_file
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +88,7 @@ class ShardWriter:
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.weight_map: dict[str, str] = {}
+        self.shards: dict[str, dict[str, Any]] = {}  # file -> {"sha256", "bytes"}
         self.n_shards = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -93,13 +105,12 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.pending:
             return
         self.n_shards += 1
         file = f"model-{self.n_shards:05d}.safetensors"
-        save_file(self.pending, str(self.folder / file), metadata={"format": "pt"})
+        digest, nbytes = write_file(self.folder / file, self.pending, {"format": "pt"})
+        self.shards[file] = {"sha256": digest, "bytes": nbytes}
         self.weight_map.update(dict.fromkeys(self.pending, file))
         self.pending, self.pending_bytes = {}, 0
 
@@ -136,7 +147,14 @@ def atomic_folder(out: Path, *, force: bool) -> Iterator[Path]:
 
 
 def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
-    """Write ``lowbit.json`` (the last file of a checkpoint)."""
+    """Write ``lowbit.json`` (the last file of a checkpoint), after recording the sha256 and
+    size of every other file in ``folder`` that ``meta["files"]`` does not hold yet."""
+    from lowbit.storage.integrity import sha256_of
+
+    files = meta.setdefault("files", {})
+    for path in sorted(folder.iterdir()):
+        if path.name != META_FILE and path.name not in files and path.is_file():
+            files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     write_text_atomic(folder / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
 
 
@@ -169,11 +187,15 @@ def layer_entry(qt: QTensor, *, bias: bool, info: LayerRecord | None = None) -> 
 
 def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
                               generation_config: Any | None = None) -> None:
-    config.save_pretrained(folder)
-    if generation_config is not None:
-        generation_config.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    """Write the Hugging Face config and tokenizer files; a failed write names the folder."""
+    try:
+        config.save_pretrained(folder)
+        if generation_config is not None:
+            generation_config.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    except OSError as err:
+        raise named_os_error(err, folder) from None
 
 
 def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | None = None,
@@ -190,6 +212,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
                          "first")
     source = getattr(model.config, "lowbit_source", None)
     meta = base_metadata(source, keep_dtype, model.config)
+    check_output_path(out)
     with atomic_folder(out, force=force) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         seen: dict[int, str] = {}
@@ -211,6 +234,7 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
                                                                           q.method, None)
             meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None, info=info)
         meta["tensors"] = writer.weight_map
+        meta["files"] = writer.shards
         meta["aliases"] = aliases
         save_config_and_tokenizer(tmp, _clean_config(model.config), tokenizer,
                                   getattr(model, "generation_config", None))
@@ -231,13 +255,16 @@ def _clean_config(config: Any) -> Any:
 
 # --- reading -------------------------------------------------------------------------------
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``lowbit.json``; errors name the file."""
+    """Read and check ``lowbit.json``: its types, and that every file it names is a plain file
+    name inside ``folder`` (:mod:`lowbit.storage.integrity`); errors name the file."""
+    from lowbit.storage.integrity import CheckpointError, description_problems
+
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a lowbit checkpoint: no {META_FILE}")
     try:
-        meta = json.loads(path.read_text())
-    except ValueError as err:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a lowbit checkpoint description")
@@ -247,6 +274,9 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint format version {version!r} is not supported; this lowbit "
             f"({_version()}) reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
+    problems = description_problems(Path(folder), meta)
+    if problems:
+        raise CheckpointError(path, problems)
     return meta
 
 
@@ -272,8 +302,11 @@ class TensorSource:
             raise ValueError(f"{self.folder / META_FILE}: no tensor {name!r} listed")
         path = self.folder / file
         if file not in self._open:
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"{path} is missing (it should hold tensor {name!r})")
+            if not path.is_file():
+                raise ValueError(f"{path} is not a regular file (it should hold tensor "
+                                 f"{name!r})")
             try:
                 self._open[file] = safe_open(str(path), framework="pt")
             except Exception as err:  # safetensors raises its own error types
@@ -284,17 +317,18 @@ class TensorSource:
             raise ValueError(f"{path}: cannot read tensor {name!r}: {err}") from None
 
 
-def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32
-         ) -> tuple[torch.nn.Module, Any]:
-    """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+         verify: bool = True) -> tuple[torch.nn.Module, Any]:
+    """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer). ``verify``
+    checks each file's recorded sha256 first (``verify=False`` skips it and logs so)."""
+    from lowbit.storage.integrity import check_before_load
+    from lowbit.storage.model_files import build_skeleton, read_config, read_tokenizer
 
     folder = Path(folder)
     meta = read_metadata(folder)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    check_before_load(folder, meta, verify)
+    config = read_config(folder)
+    model = build_skeleton(folder, config, dtype)
     source = TensorSource(folder, meta["tensors"])
     _install_quantized_layers(model, meta, source)
     _load_float_tensors(model, meta, source, dtype)
@@ -302,11 +336,7 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32
     model.lowbit_keep_dtype = parse_dtype(meta["keep_dtype"])
     if meta.get("source"):
         model.config.lowbit_source = meta["source"]
-    tokenizer = None
-    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model",
-                                            "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                                  trust_remote_code=False)
+    tokenizer = read_tokenizer(folder, required=False)
     return model.eval(), tokenizer
 
 
@@ -318,7 +348,10 @@ def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: Tensor
         if name not in modules:
             raise ValueError(f"{META_FILE}: layer {name!r} does not exist in the "
                              f"{type(model).__name__} built from config.json")
-        scheme = Scheme.from_json(info["scheme"])
+        try:
+            scheme = Scheme.from_json(info["scheme"])
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{META_FILE}: layer {name!r} has an invalid scheme: {err}") from None
         prefix = name + QWEIGHT
         parts = {t[len(prefix):]: source.get(t) for t in meta["tensors"] if t.startswith(prefix)}
         qt = QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)

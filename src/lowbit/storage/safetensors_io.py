@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.storage.atomic import named_os_error
+
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -101,3 +103,46 @@ def _read_raw(path: str | os.PathLike, info: TensorInfo, start: int, end: int) -
     if not buf:
         return torch.empty(0, dtype=info.dtype)
     return torch.frombuffer(buf, dtype=info.dtype)
+
+
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+               metadata: dict[str, str] | None = None) -> tuple[str, int]:
+    """Write ``tensors`` as a safetensors file, tensor by tensor; return (sha256, bytes).
+
+    Written in Python (not safetensors' Rust writer) so that the digest is computed as the
+    bytes go out, and a failed write is an OSError that names ``path`` and its errno.
+    """
+    import hashlib
+
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in _NAMES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {t.dtype}, which lowbit does "
+                             "not store")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    digest = hashlib.sha256()
+    try:
+        with open(path, "wb") as f:
+            for piece in (struct.pack("<Q", len(raw)), raw):
+                f.write(piece)
+                digest.update(piece)
+            for name in order:
+                data = tensors[name].detach().contiguous().cpu().reshape(-1)
+                piece = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
+                f.write(piece)
+                digest.update(piece)
+    except OSError as err:
+        raise named_os_error(err, path) from None
+    return digest.hexdigest(), 8 + len(raw) + offset
+
