@@ -32,8 +32,8 @@ DEMO_SCHEMES: tuple[str, ...] = (
 
 #: Cut to fit 30 minutes on 2 cores (Gemma's 262k vocabulary makes each scored token's logits
 #: 1 MB): 1024 tokens of each evaluation text in windows of 256 (508 scored tokens per text) and
-#: the first 30 general-knowledge questions (6 choices each through the 262k-way head). On an idle
-#: 2-core machine a row takes about 30 s (texts ~17 s, questions ~11 s, quantization ~2 s).
+#: the first 30 general-knowledge questions (6 choices each). Where a row's time goes, step by
+#: step, is measured by benchmarks/demo_profile.py (results/demo_profile.md).
 #: Speed is not measured here: lowbit's reference QuantLinear dequantizes every weight at each
 #: forward, so a decode probe would take about a minute per row and measure that
 #: dequantization, not the format; ``lowbit eval`` measures it for one model.
