@@ -9,6 +9,8 @@ windows): see :data:`DEMO_SETTINGS`; the printed table states the token counts i
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import time
@@ -30,16 +32,16 @@ DEMO_SCHEMES: tuple[str, ...] = (
 
 #: Cut to fit 30 minutes on 2 cores (Gemma's 262k vocabulary makes each scored token's logits
 #: 1 MB): 1024 tokens of each evaluation text in windows of 256 (508 scored tokens per text) and
-#: the first 30 general-knowledge questions (6 choices each through the 262k-way head). On an idle
-#: 2-core machine a row takes about 30 s (texts ~17 s, questions ~11 s, quantization ~2 s).
+#: the first 30 general-knowledge questions (6 choices each). Where a row's time goes, step by
+#: step, is measured by benchmarks/demo_profile.py (results/demo_profile.md).
 #: Speed is not measured here: lowbit's reference QuantLinear dequantizes every weight at each
 #: forward, so a decode probe would take about a minute per row and measure that
 #: dequantization, not the format; ``lowbit eval`` measures it for one model.
 DEMO_SETTINGS = EvalSettings(context=256, max_tokens=1024, max_questions=30, speed=False)
 
 DEFAULT_OUT = "out/demo"
-PUBLISHED = ("results.md", "claims.md", "results.csv", "bits_vs_kl.png", "bits_vs_ppl.png",
-             "sym_vs_asym.png", "layer_error.png", "report.html")
+PUBLISHED = ("results.md", "claims.md", "run.json", "results.csv", "bits_vs_kl.png",
+             "bits_vs_ppl.png", "sym_vs_asym.png", "layer_error.png", "report.html")
 PUBLISH_MAX_BYTES = 400_000  # a committed report.html stays small; larger ones are left out
 
 
@@ -110,6 +112,22 @@ def check_claims(records: list[dict]) -> list[str]:
     return lines
 
 
+def record_run(out: Path, wall: float, ran: int, rows: int) -> dict:
+    """Write the run's wall time and the machine's core count into ``run.json`` and under the
+    table of ``results.md``: a quoted demo time comes from a run that names its machine."""
+    import torch
+
+    facts = {"wall_seconds": round(wall, 1), "cpu_count": os.cpu_count(),
+             "torch_threads": torch.get_num_threads(), "rows_evaluated": ran, "rows": rows}
+    (out / "run.json").write_text(json.dumps(facts, indent=1) + "\n", encoding="utf-8")
+    resumed = f" ({rows - ran} of {rows} rows from an earlier run)" if ran < rows else ""
+    with (out / "results.md").open("a", encoding="utf-8") as f:
+        f.write(f"\nThis run: {ran} rows evaluated in {wall / 60:.1f} min wall time on "
+                f"{facts['cpu_count']} CPU cores (torch threads {facts['torch_threads']})"
+                f"{resumed}.\n")
+    return facts
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the sweep, print the table and where the report is; 0 on success."""
     from lowbit.report.sweep import run_sweep
@@ -123,6 +141,7 @@ def run_demo(args: argparse.Namespace) -> int:
         title="Gemma-3-270M: what each weight format costs (lowbit demo)",
     )
     wall = time.perf_counter() - t0
+    record_run(out, wall, len(result.ran), len(result.records))
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     claims = "\n".join(check_claims(result.records)) + "\n"
     (out / "claims.md").write_text(claims, encoding="utf-8")

@@ -6,11 +6,14 @@ tokens are those of ``prompt + continuation`` past the prompt's tokens (lm-eval'
 pick is the choice with the highest log-likelihood per character of the choice (lm-eval's
 ``acc_norm``); the pick by the plain sum (``acc``) is reported beside it. The choices of one
 question run as one right-padded batch (causal attention: padding after a sequence cannot change
-it).
+it). With a model that takes a KV cache (Hugging Face causal LMs) the prompt the choices share runs
+once and the batch continues from its cache; the output head runs only on the rows that predict a
+continuation token.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -90,6 +93,43 @@ def _encode_choices(
     return seqs, starts
 
 
+def _cache_kwarg(model: torch.nn.Module) -> str | None:
+    """The name under which ``model``'s forward takes a KV cache (None: it takes none, or
+    cannot cut its output head with ``logits_to_keep``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "logits_to_keep" not in params:
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _continuation_logits(model: torch.nn.Module, seqs: list[list[int]], first: int,
+                         device: torch.device | None) -> torch.Tensor:
+    """Logits ``[n_choices, width - 1 - first, vocab]`` at positions ``first .. width - 2`` of the
+    right-padded choices (causal attention: padding after a sequence cannot change it).
+
+    A model that takes a KV cache runs the prompt the choices share once, then only the
+    continuations, as one batch on that cache; any other runs the whole padded batch.
+    """
+    device = device if device is not None else model_device(model)
+    width = max(len(s) for s in seqs)
+    pad = seqs[0][0]  # any valid id; right padding is never read
+    batch = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    shared = 0
+    while shared < first and all(len(s) > shared and s[shared] == seqs[0][shared] for s in seqs):
+        shared += 1  # positions before `first` that every choice shares
+    kwarg = _cache_kwarg(model)
+    if kwarg is None or shared == 0:
+        return forward_logits(model, batch, slice(first, width - 1))
+    out = model(batch[:1, :shared], use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(len(seqs))
+    keep = torch.arange(first - shared, width - 1 - shared, device=device)
+    return model(batch[:, shared:], **{kwarg: cache}, use_cache=True, logits_to_keep=keep).logits
+
+
 @torch.no_grad()
 def choice_logliks(
     model: torch.nn.Module,
@@ -100,18 +140,17 @@ def choice_logliks(
     separator: str = DEFAULT_SEPARATOR,
     device: torch.device | None = None,
 ) -> list[float]:
-    """Sum log-likelihood of each choice's continuation (one batched forward)."""
+    """Sum log-likelihood of each choice's continuation (the shared prompt once, then one
+    batched forward of the continuations)."""
     bos = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
     seqs, starts = _encode_choices(tokenizer, q, template, separator, bos)
-    device = device if device is not None else model_device(model)
-    width = max(len(s) for s in seqs)
-    pad = seqs[0][0]  # any valid id; right padding is never read
-    batch = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    logits = forward_logits(model, batch)
+    first = min(starts) - 1  # the first row that predicts a continuation token
+    logits = _continuation_logits(model, seqs, first, device)
     out = []
     for j, (s, a) in enumerate(zip(seqs, starts, strict=True)):
-        targets = torch.tensor(s[a:], device=device)
-        out.append(-float(token_nll(logits[j, a - 1 : len(s) - 1], targets).sum()))
+        targets = torch.tensor(s[a:], device=logits.device)
+        rows = logits[j, a - 1 - first : len(s) - 1 - first]
+        out.append(-float(token_nll(rows, targets).sum()))
     return out
 
 

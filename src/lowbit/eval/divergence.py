@@ -29,7 +29,6 @@ from lowbit.eval.perplexity import (
     model_device,
     perplexity_from,
     row_chunks,
-    token_nll,
     window_progress,
 )
 from lowbit.eval.stats import RunningMean
@@ -39,8 +38,7 @@ BaseLogits = Callable[[int], torch.Tensor]
 
 
 def _scored_logits(model: torch.nn.Module, windows: Windows, i: int, device: torch.device):
-    logits = forward_logits(model, windows.input_ids(i).to(device))
-    return logits[0, windows.windows[i].logit_rows]
+    return forward_logits(model, windows.input_ids(i).to(device), windows.windows[i].logit_rows)[0]
 
 
 class LogitsCache:
@@ -106,25 +104,43 @@ class DivergenceResult:
         return {"kind": "divergence", **d}
 
 
+def compare_rows(base: torch.Tensor, quant: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row KL(base || quant), argmax equality and both models' NLL of ``targets``.
+
+    From logits ``[n, vocab]`` of both models, a few rows at a time: each model's float64
+    log-softmax is computed once per chunk and serves the KL and the NLL alike (the NLL is
+    ``-log_softmax[target]``, the same value ``token_nll`` computes with ``logsumexp``).
+    """
+    if base.shape != quant.shape:
+        raise ValueError(f"base logits {tuple(base.shape)} and quant {tuple(quant.shape)} differ")
+    n, vocab = base.shape
+    f64 = dict(dtype=torch.float64, device=base.device)
+    kl, nll_b, nll_q = torch.empty(n, **f64), torch.empty(n, **f64), torch.empty(n, **f64)
+    same = torch.empty(n, dtype=torch.bool, device=base.device)
+    quant = quant.to(base.device)
+    targets = targets.to(base.device)
+    for rows in row_chunks(n, vocab):
+        lp = torch.log_softmax(base[rows].double(), dim=-1)
+        lq = torch.log_softmax(quant[rows].double(), dim=-1)
+        t = targets[rows, None]
+        nll_b[rows] = -lp.gather(-1, t).squeeze(-1)
+        nll_q[rows] = -lq.gather(-1, t).squeeze(-1)
+        same[rows] = base[rows].argmax(-1) == quant[rows].argmax(-1)
+        lq.sub_(lp).neg_()  # lp - lq, in place
+        # 0 * log(0/q) = 0: where p underflows to 0 the term is 0 (also when lq is -inf)
+        lq.mul_(lp.exp_()).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+        kl[rows] = lq.sum(-1).clamp_min(0.0)  # >= 0 in exact arithmetic; clamp rounding only
+    return kl, same, nll_b, nll_q
+
+
 def kl_rows(base: torch.Tensor, quant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row KL(base || quant) (float64 ``[n]``) and argmax equality (bool ``[n]``).
 
     From logits ``[n, vocab]`` of both models, a few rows at a time.
     """
-    if base.shape != quant.shape:
-        raise ValueError(f"base logits {tuple(base.shape)} and quant {tuple(quant.shape)} differ")
-    n, vocab = base.shape
-    kl = torch.empty(n, dtype=torch.float64, device=base.device)
-    same = torch.empty(n, dtype=torch.bool, device=base.device)
-    quant = quant.to(base.device)
-    for rows in row_chunks(n, vocab):
-        lp = torch.log_softmax(base[rows].double(), dim=-1)
-        lq = torch.log_softmax(quant[rows].double(), dim=-1)
-        p = lp.exp()
-        zero = torch.zeros((), dtype=torch.float64, device=p.device)
-        terms = torch.where(p > 0, p * (lp - lq), zero)  # 0 * log(0/q) = 0
-        kl[rows] = terms.sum(-1).clamp_min(0.0)  # >= 0 in exact arithmetic; clamp rounding only
-        same[rows] = base[rows].argmax(-1) == quant[rows].argmax(-1)
+    targets = torch.zeros(base.shape[0], dtype=torch.int64)
+    kl, same, _, _ = compare_rows(base, quant, targets)
     return kl, same
 
 
@@ -165,11 +181,10 @@ def divergence(
         targets = windows.targets(i)
         lb = _base_logits(base, windows, i, bdev)
         lq = _scored_logits(quant, windows, i, qdev).to(lb.device)
-        kl, same = kl_rows(lb, lq)
+        kl, same, nb, nq = compare_rows(lb, lq, targets)
         kls.append(kl.cpu().numpy())
         agree += int(same.sum())
-        for acc, logits in ((nll_b, lb), (nll_q, lq)):
-            nll = token_nll(logits, targets)
+        for acc, nll in ((nll_b, nb), (nll_q, nq)):
             acc.add(float(nll.sum()), float((nll * nll).sum()), nll.numel())
         del lb, lq
     seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ float64. Memory: one window's logits at a time.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import time
 import warnings
@@ -208,14 +209,38 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """``model(input_ids).logits`` (or the tensor itself for a module that returns one)."""
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (Hugging Face causal LMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor,
+                   rows: slice | None = None) -> torch.Tensor:
+    """``model(input_ids).logits`` (or the tensor itself for a module that returns one).
+
+    With ``rows`` (positions of the sequence), only those positions' logits are returned
+    ``[batch, len(rows), vocab]``; a model that takes ``logits_to_keep`` runs its output head on
+    those positions alone (Gemma's 262k-way head is most of the cost of a token otherwise).
+    """
     if getattr(model, "training", False):
         warnings.warn("evaluating a model in training mode (dropout on?); call model.eval()",
                       stacklevel=3)
-    out = model(input_ids)
+    keep = None
+    if rows is not None:
+        keep = torch.arange(input_ids.shape[1], device=input_ids.device)[rows]
+    if keep is not None and _takes_logits_to_keep(model):
+        out = model(input_ids, logits_to_keep=keep)
+        rows = None  # already cut
+    else:
+        out = model(input_ids)
     logits = out if isinstance(out, torch.Tensor) else out.logits
-    if logits.shape[:2] != input_ids.shape:
+    want = input_ids.shape if keep is None else (input_ids.shape[0], keep.numel())
+    if rows is not None and logits.shape[:2] == input_ids.shape:
+        logits = logits[:, rows]
+    if logits.shape[:2] != want:
         raise ValueError(
             f"model returned logits of shape {tuple(logits.shape)} "
             f"for input_ids of shape {tuple(input_ids.shape)}"
@@ -294,7 +319,7 @@ def perplexity(
     t0 = time.perf_counter()
     for i in window_progress(windows, progress, "perplexity"):
         w = windows.windows[i]
-        logits = forward_logits(model, windows.input_ids(i).to(device))[0, w.logit_rows]
+        logits = forward_logits(model, windows.input_ids(i).to(device), w.logit_rows)[0]
         nll = token_nll(logits, windows.targets(i))
         del logits
         acc.add(float(nll.sum()), float((nll * nll).sum()), nll.numel())
