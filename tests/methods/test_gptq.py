@@ -141,3 +141,32 @@ def test_options_and_bad_input() -> None:
         quantize_gptq(w, "int4-asym-g32", h, damp=1.5, name="lay")
     with pytest.raises(ValueError, match="needs calibration statistics"):
         lowbit.methods.get_method("gptq").quantize_weight(w, "int4-asym-g32", None, name="w")
+
+
+def test_runs_in_memory_and_records_its_settings_and_calibration(tiny_llama, tmp_path) -> None:
+    import json
+
+    from lowbit.calibration import Calibration
+
+    model, tok = tiny_llama
+    tokens = torch.randint(0, 250, (4, 32), generator=torch.Generator().manual_seed(0))
+    cal = Calibration(tokens, batch_size=2, source="random ids")
+    method = get_method("gptq").with_option_strings(["actorder=true", "damp=0.05"])
+    report = lowbit.quantize(model, "int4-asym-g32", method=method, calibration=cal,
+                             progress=False)
+    lowbit.save(model, tmp_path / "ckpt", tokenizer=tok, layer_info=report.layers)
+    layers = json.loads((tmp_path / "ckpt" / "lowbit.json").read_text())["layers"]
+    settings = {json.dumps(e["method_settings"], sort_keys=True) for e in layers.values()}
+    assert len(settings) == 1 and {e["method"] for e in layers.values()} == {"gptq"}
+    recorded = json.loads(settings.pop())
+    assert recorded["actorder"] is True and recorded["damp"] == 0.05
+    assert recorded["calibration"] == cal.fingerprint()
+    assert recorded["calibration"]["sha256"] != Calibration(tokens + 1).fingerprint()["sha256"]
+    loaded, _ = lowbit.load(tmp_path / "ckpt")
+    assert loaded.model.layers[0].mlp.up_proj.qweight.perm is not None
+    ids = torch.arange(5, 30).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="option 'actorder=maybe' should be KEY=VALUE|"
+                                         "actorder='maybe' is not a bool"):
+        get_method("gptq").with_option_strings(["actorder=maybe"])

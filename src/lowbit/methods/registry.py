@@ -71,6 +71,20 @@ def _fits(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _parse_value(method: str, key: str, text: str, default: Any) -> Any:
+    """``text`` as a value of the type of ``default``; ValueError naming the option."""
+    try:
+        if isinstance(default, bool):
+            flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return flags[text.lower()]
+        if isinstance(default, (int, float)):
+            return type(default)(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"method {method!r}: option {key}={text!r} is not a "
+                         f"{type(default).__name__} like its default {default!r}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered method: its name, its function, the statistics it needs and the option
@@ -99,6 +113,19 @@ class Method:
                                  f"{type(default).__name__} like its default {default!r}")
         merged = {**dict(self.options), **options}
         return replace(self, options=tuple(sorted(merged.items())))
+
+    def with_option_strings(self, pairs: Iterable[str]) -> Method:
+        """:meth:`with_options` from ``KEY=VALUE`` strings (the CLI's ``--method-option``), each
+        value read as the type of the option's default (bools: true/false, 1/0, yes/no)."""
+        known, parsed = option_defaults(self.fn), {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise ValueError(f"method {self.name!r}: option {pair!r} should be KEY=VALUE "
+                                 f"with KEY one of: {', '.join(known) or 'none'}")
+            parsed[key] = _parse_value(self.name, key, text.strip(), known[key])
+        return self.with_options(**parsed)
 
     @property
     def data_aware(self) -> bool:

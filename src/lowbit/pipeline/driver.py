@@ -28,4 +28,5 @@ def quantize_layer(name: str, w: torch.Tensor, scheme: Scheme | str, method: Met
     its record (sizes, and the relative L2 error against ``w``)."""
     method = get_method(method)
     qt = method.quantize_weight(w, scheme, stats, name=name)
-    return qt, LayerRecord.of_qtensor(name, qt, method.name, weight_error(w, qt, name=name))
+    return qt, LayerRecord.of_qtensor(name, qt, method.name, weight_error(w, qt, name=name),
+                                      method.settings())
