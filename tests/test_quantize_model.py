@@ -100,7 +100,9 @@ def test_report_records_name_the_method(tiny_llama) -> None:
     assert rec.bits_per_weight == rec.nbytes * 8 / (128 * 64)
     table = report.table()
     assert set(table["model.layers.0.mlp.up_proj"]) == {
-        "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact"}
+        "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact",
+        "method_settings"}
+    assert table["model.layers.0.mlp.up_proj"]["method_settings"] is None  # rtn has no options
 
 
 def test_data_aware_method_needs_calibration(tiny_llama) -> None:

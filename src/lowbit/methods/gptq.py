@@ -147,7 +147,8 @@ def _gptq_columns(work: torch.Tensor, u: torch.Tensor, scheme: Scheme, keep: tor
     if static is None:
         block_size = -(-block_size // group) * group
     codes = torch.empty(work.shape, dtype=torch.uint8, device=work.device)
-    kept = torch.zeros_like(work)
+    outliers = not bool(keep.all())
+    kept = torch.zeros_like(work) if outliers else work
     parts: list[QParams] = []
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
@@ -161,19 +162,28 @@ def _gptq_columns(work: torch.Tensor, u: torch.Tensor, scheme: Scheme, keep: tor
                                                         0.0).float(),
                                             scheme, name=name, tensor_scale=ts))
             qp, at = (static, j) if static is not None else (parts[-1], j % group)
-            col = block[:, i:i + 1]
-            k = keep[:, j:j + 1]
-            c = quantize_with_qparams(torch.where(k, col, 0.0).float(), qp,
-                                      cols=slice(at, at + 1))
-            codes[:, j:j + 1] = c
-            q = torch.where(k, dequantize_codes(c, qp, cols=slice(at, at + 1)).to(col.dtype),
-                            col.to(torch.float16).to(col.dtype))
-            kept[:, j:j + 1] = col
-            e = (col - q) / u[j, j]
-            block[:, i:] -= e * u[j, i1 + i:i2]
-            err[:, i:i + 1] = e
+            col = block[:, i]
+            e = _quantize_column(col, keep[:, j] if outliers else None, qp, at, codes[:, j])
+            if outliers:
+                kept[:, j] = col
+            e.div_(u[j, j])
+            block[:, i:].addr_(e, u[j, i1 + i:i2], alpha=-1.0)
+            err[:, i] = e
         work[:, i2:] -= err @ u[i1:i2, i2:]
     return codes, static if static is not None else concat_groups(parts), kept
+
+
+def _quantize_column(col: torch.Tensor, keep: torch.Tensor | None, qp: QParams, at: int,
+                     codes: torch.Tensor) -> torch.Tensor:
+    """Quantize one column (column ``at`` of ``qp``) into ``codes``; return ``col - q``, where
+    an outlier (``keep`` False) is its own fp16 value."""
+    x = col.unsqueeze(1) if keep is None else torch.where(keep, col, 0.0).unsqueeze(1)
+    c = quantize_with_qparams(x.float(), qp, cols=slice(at, at + 1))
+    codes.copy_(c.squeeze(1))
+    q = dequantize_codes(c, qp, cols=slice(at, at + 1)).squeeze(1).to(col.dtype)
+    if keep is not None:
+        q = torch.where(keep, q, col.to(torch.float16).to(col.dtype))
+    return col - q
 
 
 @register_method("gptq", needs={"hessian"})
