@@ -101,7 +101,8 @@ def test_report_records_name_the_method(tiny_llama) -> None:
     table = report.table()
     assert set(table["model.layers.0.mlp.up_proj"]) == {
         "scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact",
-        "warnings"}
+        "warnings", "method_settings"}
+    assert table["model.layers.0.mlp.up_proj"]["method_settings"] is None  # rtn has no options
 
 
 def test_data_aware_method_needs_calibration(tiny_llama) -> None:

@@ -183,3 +183,37 @@ def test_primitives_are_exported_lazily() -> None:
 
     for name in ("QParams", "choose_qparams", "quantize_with_qparams", "dequantize_codes"):
         assert getattr(lowbit, name) is getattr(qparams, name)
+
+
+@pytest.mark.parametrize("name", ["int4-asym-g32", "int4-asym-g32-zpint", "nf4-g64", "mxfp4",
+                                  "nvfp4", "fp8-e4m3-g48"])
+def test_concat_groups_of_slices_equals_choosing_on_the_whole(name: str) -> None:
+    from lowbit.core.qparams import concat_groups
+
+    w = torch.randn(16, 200, generator=torch.Generator().manual_seed(4))
+    whole = choose_qparams(w, name)
+    n = whole.group_size
+    ts = whole.tensor_scale
+    parts = [choose_qparams(w[:, c:c + 2 * n], name, tensor_scale=ts)
+             for c in range(0, 200, 2 * n)]  # two groups at a time, the last one short
+    joined = concat_groups(parts)
+    assert joined.shape == whole.shape
+    for key, value in whole.stored().items():
+        assert torch.equal(joined.stored()[key], value), key
+    assert torch.equal(joined.scale, whole.scale)
+
+
+def test_concat_groups_refuses_what_depends_on_the_whole_weight() -> None:
+    from lowbit.core.qparams import concat_groups
+
+    w = torch.randn(8, 64)
+    for name in ("int4-sym-channel", "int4-sym-g32-dq"):
+        with pytest.raises(ValueError, match="depend on the whole"):
+            concat_groups([choose_qparams(w, name)])
+    with pytest.raises(ValueError, match="not a whole number of groups"):
+        concat_groups([choose_qparams(w[:, :40], "int4-sym-g32"),
+                       choose_qparams(w[:, 40:], "int4-sym-g32")])
+    with pytest.raises(ValueError, match="another tensor scale"):
+        concat_groups([choose_qparams(w[:, :32], "nvfp4"), choose_qparams(w[:, 32:] * 3, "nvfp4")])
+    with pytest.raises(ValueError, match="has none"):
+        choose_qparams(w, "int4-sym-g32", tensor_scale=torch.ones(1))

@@ -40,6 +40,17 @@ class Calibration:
     def n_tokens(self) -> int:
         return self.tokens.numel()
 
+    def fingerprint(self) -> dict[str, object]:
+        """What a checkpoint records of its calibration: the source, the shape and a sha256 of
+        the token ids (int64, little-endian), so that two runs can tell whether they saw the same
+        tokens."""
+        import hashlib
+
+        data = self.tokens.to(device="cpu", dtype=torch.int64).contiguous().numpy()
+        return {"source": self.source, "windows": int(self.tokens.shape[0]),
+                "length": int(self.tokens.shape[1]),
+                "sha256": hashlib.sha256(data.astype("<i8").tobytes()).hexdigest()}
+
     def batches(self) -> list[torch.Tensor]:
         """The windows in batches of ``batch_size`` (the last one may be smaller)."""
         return list(self.tokens.split(self.batch_size))

@@ -25,7 +25,7 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     from lowbit.pipeline.streaming import quantize_folder
     from lowbit.storage.checkpoint import parse_dtype, save
 
-    method = get_method(args.method)
+    method = get_method(args.method).with_option_strings(args.method_option or [])
     keep = parse_dtype(args.keep_dtype)
     common = {"exclude": args.exclude, "overrides": overrides, "keep_dtype": keep,
               "method": method, "strict": args.strict}
@@ -77,7 +77,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"source           {source.name} ({source.kind}, sha256 {source.sha256[:12]}...)")
     print(f"scheme           {args.scheme}" + (f"  overrides {overrides}" if overrides else ""))
-    print(f"method           {args.method}")
+    from lowbit.methods import get_method
+
+    settings = get_method(args.method).with_option_strings(args.method_option or []).settings()
+    print(f"method           {args.method}" + "".join(f"  {k}={v}" for k, v in settings.items()))
     if calibration is not None:
         print(f"calibration      {calibration.source}")
     print(f"quantized layers {len(report.layers)} ({report.params / 1e6:.1f} M weights)")
@@ -184,6 +187,9 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
                    help="how codes are chosen (default rtn). A data-aware method runs the "
                         "calibration text through the loaded model block by block; a data-free "
                         "one streams a safetensors folder tensor by tensor")
+    p.add_argument("--method-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the method, e.g. damp=0.02 or actorder=true for gptq, "
+                        "refine_scale=true or iters=40 for hqq (repeatable)")
     g = p.add_argument_group("calibration (data-aware methods only)")
     g.add_argument("--calibration-text", metavar="TEXT",
                    help=f"text file (name under the data folder's text/, or a path); default "

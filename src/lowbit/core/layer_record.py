@@ -3,7 +3,8 @@
 The same record is written by a QuantizeReport (in memory and streaming), into ``lowbit.json``
 (:func:`lowbit.storage.checkpoint.layer_entry`) and into eval records
 (:func:`lowbit.eval.layers.layer_table`). Its JSON keys are ``scheme``, ``method``, ``shape``,
-``nbytes``, ``bits_per_weight``, ``rel_error``, ``exact`` and ``warnings`` (docs/eval-json.md);
+``nbytes``, ``bits_per_weight``, ``rel_error``, ``exact``, ``warnings`` and ``method_settings``
+(the method's option values, and for a data-aware method its calibration; docs/eval-json.md);
 the layer's name is the key under which the record is stored, not a field of the JSON object.
 """
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from lowbit.eval.weights import WeightError
 
 JSON_KEYS = ("scheme", "method", "shape", "nbytes", "bits_per_weight", "rel_error", "exact",
-             "warnings")
+             "warnings", "method_settings")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class LayerRecord:
     rel_error: float | None = None
     exact: bool | None = None
     warnings: tuple[str, ...] = ()
+    method_settings: dict[str, Any] | None = None
 
     @property
     def params(self) -> int:
@@ -49,22 +51,22 @@ class LayerRecord:
 
     @classmethod
     def of_qtensor(cls, name: str, qt: QTensor, method: str | None,
-                   error: WeightError | None = None, warnings: Sequence[str] = ()
-                   ) -> LayerRecord:
-        """The record of a quantized weight ``qt``, with its error against the float weight and
-        the range warnings its quantization raised."""
+                   error: WeightError | None = None, warnings: Sequence[str] = (),
+                   settings: dict[str, Any] | None = None) -> LayerRecord:
+        """The record of a quantized weight ``qt``, with its error against the float weight,
+        the range warnings its quantization raised and the method's settings."""
         return cls(name=name, scheme=str(qt.scheme), shape=(int(qt.shape[0]), int(qt.shape[1])),
                    nbytes=int(qt.nbytes), method=method,
                    rel_error=None if error is None else float(error.rel_l2),
                    exact=None if error is None else bool(error.exact),
-                   warnings=tuple(warnings))
+                   warnings=tuple(warnings), method_settings=settings or None)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this record (see the module docstring for its keys)."""
         return {"scheme": self.scheme, "method": self.method, "shape": list(self.shape),
                 "nbytes": self.nbytes, "bits_per_weight": self.bits_per_weight,
                 "rel_error": self.rel_error, "exact": self.exact,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "method_settings": self.method_settings}
 
     @classmethod
     def from_json(cls, name: str, obj: dict[str, Any]) -> LayerRecord:
@@ -79,4 +81,5 @@ class LayerRecord:
             raise ValueError(f"layer {name!r}: not a layer record ({err!r})") from None
         return cls(name=name, scheme=scheme, shape=shape, nbytes=nbytes,
                    method=obj.get("method"), rel_error=obj.get("rel_error"),
-                   exact=obj.get("exact"), warnings=tuple(obj.get("warnings") or ()))
+                   exact=obj.get("exact"), warnings=tuple(obj.get("warnings") or ()),
+                   method_settings=obj.get("method_settings"))

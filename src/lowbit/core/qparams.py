@@ -38,6 +38,7 @@ bounds the extra memory and keeps each pass in cache.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,21 +83,59 @@ class QParams:
 
 
 # --- choosing ------------------------------------------------------------------------------
-def choose_qparams(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight") -> QParams:
+def choose_qparams(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight",
+                   tensor_scale: torch.Tensor | None = None) -> QParams:
     """Scales (and zero points) for every group of ``w`` (out, in) by the rules above.
 
     Outliers are not taken out here: a caller that keeps some weights apart (``quantize_rtn``)
     passes the rest. Errors for a bad or non-finite ``w`` name it as ``name``.
+    ``tensor_scale`` (fp32, shape (1,); ``ts`` schemes only) is used instead of the one ``w``
+    calls for, so that a slice of columns gets the block scales the whole weight would have.
     """
     scheme = Scheme.parse(scheme)
     w = check_weight(w, name, finite=False)  # NaN/Inf show up in the group statistics
+    if tensor_scale is not None and not scheme.tensor_scale:
+        raise ValueError(f"{name}: tensor_scale given for scheme {scheme}, which has none")
     stats = _group_stats(w, scheme)
     if not all(bool(torch.isfinite(v).all()) for v in stats.values()):
         raise_nonfinite(w, name)
     shape = (int(w.shape[0]), int(w.shape[1]))
     if not scheme.symmetric:
         return _asymmetric(stats["lo"], stats["hi"], scheme, shape, name)
-    return _symmetric(stats, scheme, shape, name)
+    return _symmetric(stats, scheme, shape, name, tensor_scale)
+
+
+def concat_groups(parts: Sequence[QParams]) -> QParams:
+    """The QParams of a weight whose consecutive column slices had theirs chosen one by one.
+
+    Block granularity only (a tensor or channel scale, and double-quantized scales, depend on
+    the whole weight); every part but the last covers whole groups, all share the scheme, the
+    rows and the tensor scale. GPTQ chooses each group's scales when it reaches the group."""
+    if not parts:
+        raise ValueError("concat_groups: no QParams to join")
+    first = parts[0]
+    scheme, rows = first.scheme, first.shape[0]
+    if scheme.granularity != "block" or scheme.double_quant:
+        raise ValueError(f"concat_groups: scheme {scheme} has scales that depend on the whole "
+                         "weight (tensor/channel granularity or dq); choose them on it instead")
+    for i, p in enumerate(parts):
+        if p.scheme != scheme or p.shape[0] != rows:
+            raise ValueError(f"concat_groups: part {i} is {p.scheme} with {p.shape[0]} rows, "
+                             f"part 0 {scheme} with {rows}")
+        if i < len(parts) - 1 and p.shape[1] % scheme.block_size:
+            raise ValueError(f"concat_groups: part {i} has {p.shape[1]} columns, not a whole "
+                             f"number of groups of {scheme.block_size}")
+        if (p.tensor_scale is None) != (first.tensor_scale is None) or (
+                p.tensor_scale is not None and not torch.equal(p.tensor_scale,
+                                                               first.tensor_scale)):
+            raise ValueError(f"concat_groups: part {i} has another tensor scale than part 0")
+
+    def cat(field: str) -> torch.Tensor | None:
+        values = [getattr(p, field) for p in parts]
+        return None if values[0] is None else torch.cat(values, dim=1)
+
+    return QParams(scheme, (rows, sum(p.shape[1] for p in parts)), cat("scale"), cat("zero"),
+                   cat("stored_scale"), cat("stored_zero"), tensor_scale=first.tensor_scale)
 
 
 def _group_stats(w: torch.Tensor, scheme: Scheme) -> dict[str, torch.Tensor]:
@@ -147,7 +186,7 @@ def _asymmetric(lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme,
 
 
 def _symmetric(stats: dict[str, torch.Tensor], scheme: Scheme, shape: tuple[int, int],
-               name: str) -> QParams:
+               name: str, given_ts: torch.Tensor | None = None) -> QParams:
     """Scale only: the largest magnitude on the format's edge, with the optional tensor scale
     (NVFP4) and double quantization (QLoRA)."""
     fmt, sfmt = scheme.element_format, scheme.scale_fmt
@@ -162,7 +201,10 @@ def _symmetric(stats: dict[str, torch.Tensor], scheme: Scheme, shape: tuple[int,
     else:
         raw = stats["amax"] / fmt.max
     ts = None
-    if scheme.tensor_scale:
+    if scheme.tensor_scale and given_ts is not None:
+        ts = given_ts.detach().reshape(1).to(torch.float32)
+        raw = raw / ts
+    elif scheme.tensor_scale:
         tensor_amax = raw.abs().max() * fmt.max
         ts = tensor_amax / (fmt.max * sfmt.max) if tensor_amax > 0 else torch.tensor(1.0)
         ts = ts.reshape(1).to(torch.float32)

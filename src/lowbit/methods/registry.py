@@ -14,15 +14,23 @@ Adding a method is one file in ``lowbit/methods/`` that registers itself::
 Every module of the package is imported the first time the registry is read, so that file is
 all it takes for ``lowbit.quantize(..., method="mine")``, ``quantize_folder`` and the CLI's
 ``--method`` to find it. Code outside the package calls :func:`register_method` itself.
+
+Options: a method's keyword-only parameters after ``name`` (each with a default) are its options.
+``get_method("gptq").with_options(damp=0.02)`` is a Method with those values bound; pass it
+wherever a method name goes (``lowbit.quantize(..., method=...)``, ``quantize_folder``), or give
+``--method-option damp=0.02`` to the CLI. ``register_method(name, fn, options={...})`` registers a
+variant with other defaults (``gptq-actorder`` is ``gptq`` with ``actorder=True``).
+:meth:`Method.settings` (every option's value) is written into each layer's record.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -39,16 +47,85 @@ class QuantizeWeight(Protocol):
     """The signature every method implements."""
 
     def __call__(self, w: torch.Tensor, scheme: Scheme, stats: LayerStats | None, *,
-                 name: str) -> QTensor: ...
+                 name: str, **options: Any) -> QTensor: ...
+
+
+def option_defaults(fn: Callable) -> dict[str, Any]:
+    """The options of a method function: its keyword-only parameters other than ``name``, with
+    their defaults."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name != "name"
+            and p.default is not inspect.Parameter.empty}
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type of the option's ``default`` (an int is a float; a bool
+    is only a bool; a None default takes anything)."""
+    if default is None:
+        return True
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _parse_value(method: str, key: str, text: str, default: Any) -> Any:
+    """``text`` as a value of the type of ``default``; ValueError naming the option."""
+    try:
+        if isinstance(default, bool):
+            flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return flags[text.lower()]
+        if isinstance(default, (int, float)):
+            return type(default)(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"method {method!r}: option {key}={text!r} is not a "
+                         f"{type(default).__name__} like its default {default!r}") from None
+    return text
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its name, its function and the statistics it needs."""
+    """A registered method: its name, its function, the statistics it needs and the option
+    values bound to it (sorted (name, value) pairs; see the module docstring)."""
 
     name: str
     fn: QuantizeWeight
     needs: frozenset[str]
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """Every option's value as the method will run (defaults, then the bound values)."""
+        return {**option_defaults(self.fn), **dict(self.options)}
+
+    def with_options(self, **options: Any) -> Method:
+        """This method with ``options`` bound; an unknown option or a value of another type
+        than its default is a ValueError naming the method."""
+        known = option_defaults(self.fn)
+        for key, value in options.items():
+            if key not in known:
+                raise ValueError(f"method {self.name!r} has no option {key!r}; its options: "
+                                 f"{', '.join(known) or 'none'}")
+            default = known[key]
+            if not _fits(value, default):
+                raise ValueError(f"method {self.name!r}: option {key}={value!r} should be a "
+                                 f"{type(default).__name__} like its default {default!r}")
+        merged = {**dict(self.options), **options}
+        return replace(self, options=tuple(sorted(merged.items())))
+
+    def with_option_strings(self, pairs: Iterable[str]) -> Method:
+        """:meth:`with_options` from ``KEY=VALUE`` strings (the CLI's ``--method-option``), each
+        value read as the type of the option's default (bools: true/false, 1/0, yes/no)."""
+        known, parsed = option_defaults(self.fn), {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise ValueError(f"method {self.name!r}: option {pair!r} should be KEY=VALUE "
+                                 f"with KEY one of: {', '.join(known) or 'none'}")
+            parsed[key] = _parse_value(self.name, key, text.strip(), known[key])
+        return self.with_options(**parsed)
 
     @property
     def data_aware(self) -> bool:
@@ -68,7 +145,7 @@ class Method:
                 raise ValueError(f"{name}: method {self.name!r} needs calibration statistics "
                                  f"{missing}; run it with calibration data "
                                  "(lowbit.quantize(..., calibration=...))")
-        qt = self.fn(w, scheme, stats if self.needs else None, name=name)
+        qt = self.fn(w, scheme, stats if self.needs else None, name=name, **dict(self.options))
         if not isinstance(qt, QTensor):
             raise TypeError(f"{name}: method {self.name!r} returned {type(qt).__name__}, "
                             "not a QTensor")
@@ -83,11 +160,13 @@ _discovered = False
 
 
 def register_method(name: str, fn: QuantizeWeight | None = None, *,
-                    needs: Iterable[str] = ()) -> Callable | Method:
+                    needs: Iterable[str] = (), options: Mapping[str, Any] | None = None
+                    ) -> Callable | Method:
     """Register ``fn`` as method ``name`` (or, without ``fn``, return a decorator that does).
 
-    ``needs``: the statistics the method reads from ``stats``; a name registered twice is an
-    error (call :func:`unregister_method` first to replace one)."""
+    ``needs``: the statistics the method reads from ``stats``; ``options``: values bound to
+    ``fn``'s options under this name; a name registered twice is an error (call
+    :func:`unregister_method` first to replace one)."""
     wanted = frozenset(needs)
     unknown = sorted(wanted - STATISTICS)
     if unknown:
@@ -100,7 +179,8 @@ def register_method(name: str, fn: QuantizeWeight | None = None, *,
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered "
                              f"(by {_REGISTRY[name].fn!r})")
-        _REGISTRY[name] = Method(name, f, wanted)
+        method = Method(name, f, wanted)
+        _REGISTRY[name] = method.with_options(**options) if options else method
         return f
 
     if fn is None:

@@ -42,8 +42,9 @@ def quantize_layer(name: str, w: torch.Tensor, scheme: Scheme | str, method: Met
                    stats: LayerStats | None = None, *, strict: bool = False
                    ) -> tuple[QTensor, LayerRecord]:
     """Quantize the float weight ``w`` of layer ``name`` with ``method``; return the QTensor and
-    its record (sizes, the relative L2 error against ``w`` and any range warnings)."""
+    its record (sizes, the relative L2 error against ``w``, any range warnings and the method's
+    settings)."""
     method = get_method(method)
     qt, q, issues = quantize_checked(name, w, scheme, method, stats, strict=strict)
     return qt, LayerRecord.of_qtensor(name, qt, method.name, weight_error(w, q, name=name),
-                                      warnings=issues)
+                                      warnings=issues, settings=method.settings())

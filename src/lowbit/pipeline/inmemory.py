@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,11 +80,16 @@ def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype,
 
 
 def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
-             stats: LayerStats | None, report: QuantizeReport, strict: bool = False) -> None:
-    """Quantize Linear ``name`` through the driver and put a QuantLinear in its place."""
+             stats: LayerStats | None, report: QuantizeReport, strict: bool = False,
+             calibration: Calibration | None = None) -> None:
+    """Quantize Linear ``name`` through the driver and put a QuantLinear in its place; the
+    record names the calibration a data-aware method ran on."""
     linear = model.get_submodule(name)
     qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats,
                                 strict=strict)
+    if calibration is not None:
+        record = replace(record, method_settings={**(record.method_settings or {}),
+                                                  "calibration": calibration.fingerprint()})
     set_submodule(model, name, QuantLinear(qt, linear.bias, method=record.method))
     report.add(record)
 
@@ -125,7 +130,8 @@ def quantize(
 
         def on_block(stats: dict[str, LayerStats]) -> None:
             for name, layer_stats in stats.items():
-                _replace(model, name, plan[name], chosen, layer_stats, report, strict)
+                _replace(model, name, plan[name], chosen, layer_stats, report, strict,
+                         calibration)
 
         calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
                              progress=progress)

@@ -179,7 +179,8 @@ def layer_entry(qt: QTensor, *, bias: bool, info: LayerRecord | None = None) -> 
     entry = {"scheme": qt.scheme.to_json(), "shape": list(qt.shape), "bias": bias,
              "nbytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
     if info is not None:
-        known = {"method": info.method, "rel_error": info.rel_error, "exact": info.exact,
+        known = {"method": info.method, "method_settings": info.method_settings,
+                 "rel_error": info.rel_error, "exact": info.exact,
                  "warnings": list(info.warnings) or None}
         entry.update({k: v for k, v in known.items() if v is not None})
     return entry
