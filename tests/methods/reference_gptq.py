@@ -55,7 +55,7 @@ def reference_gptq(w: torch.Tensor, scheme: Scheme | str, hessian: torch.Tensor,
         c = quantize_with_qparams(torch.where(keep[:, j:j + 1], col, 0.0).float(), qps[-1],
                                   cols=slice(at, at + 1))
         q = dequantize_codes(c, qps[-1], cols=slice(at, at + 1)).double()
-        q = torch.where(keep[:, j:j + 1], q, col.half().double())
+        q = torch.where(keep[:, j:j + 1], q, col.float().double())
         codes[:, j:j + 1] = c
         values[:, j:j + 1] = col
         e = (col - q) / hinv[j, j]
@@ -63,4 +63,4 @@ def reference_gptq(w: torch.Tensor, scheme: Scheme | str, hessian: torch.Tensor,
         hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
     return {"codes": codes, "qparams": qps, "perm": perm,
             "outlier_index": index,
-            "outlier_value": None if index is None else values.reshape(-1)[index.long()].half()}
+            "outlier_value": None if index is None else values.reshape(-1)[index.long()].float()}

@@ -18,7 +18,7 @@ Scales, by scheme family:
 * tensor and channel granularity, and double-quantized scales (``dq``, whose mean and second
   level depend on every scale), are chosen once on the whole weight before the first column;
 * outliers (``outK``): the same weights RTN would keep are kept out. They are not on the grid,
-  so their value absorbs the updates and is stored (fp16) as it stands when reached: no error.
+  so their value absorbs the updates and is stored (fp32) as it stands when reached: no error.
 
 ``actorder=True`` takes the columns by decreasing Hessian diagonal; the QTensor stores that
 permutation and groups are formed over it. When the damped Hessian is not positive definite
@@ -84,7 +84,7 @@ def quantize_gptq(w: torch.Tensor, scheme: Scheme | str, hessian: torch.Tensor, 
         outliers = index
     codes, qp, kept = _gptq_columns(work, u, scheme, keep, block_size, name)
     if outliers is not None:
-        outliers = (outliers, kept.reshape(-1)[outliers.long()].to(torch.float16))
+        outliers = (outliers, kept.reshape(-1)[outliers.long()].to(torch.float32))
     return QTensor.from_codes(codes, qp, outliers=outliers,
                               perm=None if perm is None else perm.to(torch.int32))
 
@@ -176,13 +176,13 @@ def _gptq_columns(work: torch.Tensor, u: torch.Tensor, scheme: Scheme, keep: tor
 def _quantize_column(col: torch.Tensor, keep: torch.Tensor | None, qp: QParams, at: int,
                      codes: torch.Tensor) -> torch.Tensor:
     """Quantize one column (column ``at`` of ``qp``) into ``codes``; return ``col - q``, where
-    an outlier (``keep`` False) is its own fp16 value."""
+    an outlier (``keep`` False) is its own value, stored in fp32."""
     x = col.unsqueeze(1) if keep is None else torch.where(keep, col, 0.0).unsqueeze(1)
     c = quantize_with_qparams(x.float(), qp, cols=slice(at, at + 1))
     codes.copy_(c.squeeze(1))
     q = dequantize_codes(c, qp, cols=slice(at, at + 1)).squeeze(1).to(col.dtype)
     if keep is not None:
-        q = torch.where(keep, q, col.to(torch.float16).to(col.dtype))
+        q = torch.where(keep, q, col.to(torch.float32).to(col.dtype))
     return col - q
 
 
