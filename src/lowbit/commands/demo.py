@@ -1,5 +1,5 @@
 """``lowbit demo``: the experiment of the article "Quantization from the ground up" (ngrok blog,
-2026) on the real Gemma-3-270M, sized to finish in under 30 minutes on a 2-core CPU. Prints the
+2026) on the real Gemma-3-270M, sized to finish in under 10 minutes on a 2-core CPU. Prints the
 table and where the report is.
 
 The evaluation is cut to fit that budget (every row runs the quantized model over the same
@@ -30,7 +30,7 @@ DEMO_SCHEMES: tuple[str, ...] = (
     "int2-sym-g64", "int2-asym-g64",
 )
 
-#: Cut to fit 30 minutes on 2 cores (Gemma's 262k vocabulary makes each scored token's logits
+#: Cut to fit 10 minutes on 2 cores (Gemma's 262k vocabulary makes each scored token's logits
 #: 1 MB): 1024 tokens of each evaluation text in windows of 256 (508 scored tokens per text) and
 #: the first 30 general-knowledge questions (6 choices each). Where a row's time goes, step by
 #: step, is measured by benchmarks/demo_profile.py (results/demo_profile.md).
