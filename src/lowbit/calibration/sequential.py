@@ -37,6 +37,8 @@ from lowbit.core.module_tree import is_output_head
 log = logging.getLogger(__name__)
 
 OnBlock = Callable[[dict[str, LayerStats]], None]
+# (block, block name, its Linears' statistics) -> whether it changed the block
+Prepare = Callable[[nn.Module, str, dict[str, LayerStats]], bool]
 
 
 def _group_by_block(stack: BlockStack, layers: Iterable[str]
@@ -81,12 +83,14 @@ def _head_stats(model: nn.Module, names: list[str], norm: nn.Module, inputs: Blo
 
 def calibrate_sequential(model: nn.Module, layers: Iterable[str], calibration: Calibration,
                          *, needs: Iterable[str], on_block: OnBlock,
-                         progress: bool = True) -> None:
+                         prepare: Prepare | None = None, progress: bool = True) -> None:
     """Calibrate and quantize ``model`` block by block (see the module docstring).
 
     ``layers``: the names of the Linears to quantize; ``needs``: the statistics to collect;
     ``on_block(stats)`` is called once per block that holds planned layers (then once for the
-    output head, when planned), with those layers' statistics, and must quantize them."""
+    output head, when planned), with those layers' statistics, and must quantize them.
+    ``prepare(block, name, stats)``, when given, runs first on each such block (a method's block
+    step); when it returns True the block's statistics are collected again."""
     from tqdm import tqdm
 
     if not isinstance(calibration, Calibration):
@@ -101,7 +105,10 @@ def calibrate_sequential(model: nn.Module, layers: Iterable[str], calibration: C
     for i, block in enumerate(tqdm(stack.blocks, desc="calibrate", unit="block",
                                    disable=not progress)):
         if groups[i]:
-            on_block(_block_stats(model, groups[i], block, inputs, i, needs))
+            stats = _block_stats(model, groups[i], block, inputs, i, needs)
+            if prepare is not None and prepare(block, stack.names[i], stats):
+                stats = _block_stats(model, groups[i], block, inputs, i, needs)
+            on_block(stats)
         for b in range(len(inputs.hidden)):
             inputs.hidden[b] = run_block(block, inputs.hidden[b], inputs.args[b][i],
                                          inputs.kwargs[b][i])

@@ -21,6 +21,12 @@ wherever a method name goes (``lowbit.quantize(..., method=...)``, ``quantize_fo
 ``--method-option damp=0.02`` to the CLI. ``register_method(name, fn, options={...})`` registers a
 variant with other defaults (``gptq-actorder`` is ``gptq`` with ``actorder=True``).
 :meth:`Method.settings` (every option's value) is written into each layer's record.
+
+Block step: a data-aware method may also register ``prepare_block``, a function that changes a
+decoder block before its Linears are quantized (AWQ folds per-channel scales into the norm or
+Linear before a group of Linears). The in-memory driver calls it once per block with that
+block's statistics; when it returns True the statistics are measured again on the changed
+block. It receives those of the method's options that it names as keyword parameters.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ if TYPE_CHECKING:
 
 # What calibration can collect per Linear (see lowbit.calibration.stats for the definitions).
 STATISTICS = frozenset({"x2_mean", "act_max", "hessian"})
+
+# A block step: (block, stats by name inside the block, schemes by the same names, *, name=the
+# block's name, **options) -> whether it changed the block (then its statistics are measured
+# again before its Linears are quantized). See Method.prepare.
+PrepareBlock = Callable[..., bool]
 
 
 class QuantizeWeight(Protocol):
@@ -94,6 +105,7 @@ class Method:
     fn: QuantizeWeight
     needs: frozenset[str]
     options: tuple[tuple[str, Any], ...] = ()
+    prepare_block: PrepareBlock | None = None
 
     def settings(self) -> dict[str, Any]:
         """Every option's value as the method will run (defaults, then the bound values)."""
@@ -126,6 +138,16 @@ class Method:
                                  f"with KEY one of: {', '.join(known) or 'none'}")
             parsed[key] = _parse_value(self.name, key, text.strip(), known[key])
         return self.with_options(**parsed)
+
+    def prepare(self, block: Any, stats: Mapping[str, LayerStats],
+                schemes: Mapping[str, Scheme], *, name: str) -> bool:
+        """Run the method's block step, if it has one, on a decoder block before its Linears are
+        quantized (names relative to the block); True when it changed the block."""
+        if self.prepare_block is None:
+            return False
+        params = inspect.signature(self.prepare_block).parameters
+        options = {k: v for k, v in self.settings().items() if k in params}
+        return bool(self.prepare_block(block, stats, schemes, name=name, **options))
 
     @property
     def data_aware(self) -> bool:
@@ -160,12 +182,13 @@ _discovered = False
 
 
 def register_method(name: str, fn: QuantizeWeight | None = None, *,
-                    needs: Iterable[str] = (), options: Mapping[str, Any] | None = None
-                    ) -> Callable | Method:
+                    needs: Iterable[str] = (), options: Mapping[str, Any] | None = None,
+                    prepare_block: PrepareBlock | None = None) -> Callable | Method:
     """Register ``fn`` as method ``name`` (or, without ``fn``, return a decorator that does).
 
     ``needs``: the statistics the method reads from ``stats``; ``options``: values bound to
-    ``fn``'s options under this name; a name registered twice is an error (call
+    ``fn``'s options under this name; ``prepare_block``: a block step (data-aware methods only;
+    see :meth:`Method.prepare`); a name registered twice is an error (call
     :func:`unregister_method` first to replace one)."""
     wanted = frozenset(needs)
     unknown = sorted(wanted - STATISTICS)
@@ -174,12 +197,15 @@ def register_method(name: str, fn: QuantizeWeight | None = None, *,
                          f"choose from {sorted(STATISTICS)}")
     if not name or not name.replace("-", "_").isidentifier():
         raise ValueError(f"method name {name!r}: use letters, digits, '_' or '-'")
+    if prepare_block is not None and not wanted:
+        raise ValueError(f"method {name!r}: a block step (prepare_block) needs statistics; "
+                         "declare them with needs=")
 
     def add(f: QuantizeWeight) -> QuantizeWeight:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered "
                              f"(by {_REGISTRY[name].fn!r})")
-        method = Method(name, f, wanted)
+        method = Method(name, f, wanted, prepare_block=prepare_block)
         _REGISTRY[name] = method.with_options(**options) if options else method
         return f
 

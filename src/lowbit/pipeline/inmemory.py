@@ -133,7 +133,13 @@ def quantize(
                 _replace(model, name, plan[name], chosen, layer_stats, report, strict,
                          calibration)
 
+        def prepare(block: nn.Module, prefix: str, stats: dict[str, LayerStats]) -> bool:
+            cut = len(prefix) + 1
+            return chosen.prepare(block, {n[cut:]: s for n, s in stats.items()},
+                                  {n[cut:]: plan[n] for n in stats}, name=prefix)
+
         calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
+                             prepare=prepare if chosen.prepare_block else None,
                              progress=progress)
     else:
         if calibration is not None:
