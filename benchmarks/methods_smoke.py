@@ -1,4 +1,4 @@
-"""Smoke figures for the methods: RTN, GPTQ and HQQ on SmolLM2-135M at 4 and 3 bits.
+"""Smoke figures for the methods: RTN, GPTQ, HQQ and AWQ on SmolLM2-135M at 4 and 3 bits.
 
 For each scheme and method: quantize the built-in model (GPTQ calibrates on the calibration
 text only, never an evaluation text), then the KL divergence of its next-token distribution
@@ -23,7 +23,7 @@ RESULTS = Path(__file__).parent / "results" / "methods_smoke.md"
 MODEL = "smollm2-135m"
 SCHEMES = ["int4-asym-g64", "int3-asym-g64"]
 METHODS = {"rtn": {}, "gptq": {}, "gptq-actorder": {}, "hqq": {}, "hqq+scale": {
-    "refine_scale": True}}
+    "refine_scale": True}, "awq": {}}
 CALIBRATION_TEXT = "moby-dick-ch001-060.txt"  # calibration only
 EVAL_TEXT = "moby-dick-ch061-100.txt"  # evaluation only
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     windows = make_windows(tokenizer, read_text(EVAL_TEXT), args.context,
                            max_tokens=args.eval_windows * args.context)
     rows = []
-    for scheme in SCHEMES:
+    for scheme in args.schemes:
         for label in args.methods:
             model, seconds = quantized(scheme, label, calibration)
             d = divergence(base, model, windows, progress=False)
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cal-length", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--context", type=int, default=512)
+    p.add_argument("--schemes", nargs="+", default=SCHEMES)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is much faster for GPTQ's column loop on a busy "
