@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, ...]) -> str:
     lines = [
-        "# Methods smoke test: RTN, GPTQ, HQQ on SmolLM2-135M",
+        "# Methods smoke test: RTN, GPTQ, HQQ, AWQ on SmolLM2-135M",
         "",
         "A smoke check that each method runs end to end and moves the KL divergence the right",
         "way; **not** the peer comparison (AutoGPTQ / llm-compressor / HQQ / llama.cpp's imatrix",
@@ -76,11 +76,11 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, ...]) 
         "",
         f"- model: {MODEL} (float32 from its GGUF; its weights lie on a Q4_1 grid, so",
         "  int4-asym-g32 would be an artifact; g64 is not)",
-        f"- calibration (GPTQ only): {CALIBRATION_TEXT}, {args.cal_windows} windows x "
+        f"- calibration (GPTQ and AWQ only): {CALIBRATION_TEXT}, {args.cal_windows} windows x "
         f"{args.cal_length} tokens",
         f"- evaluation: {EVAL_TEXT}, first {args.eval_windows * args.context} tokens, context "
         f"{args.context} (llama.cpp-style windows, second half scored)",
-        "- time: wall seconds of `lowbit.quantize` (calibration included for GPTQ), CPU, "
+        "- time: wall seconds of `lowbit.quantize` (calibration included for GPTQ and AWQ), CPU, "
         f"{torch.get_num_threads()} torch threads, load average at start "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (the machine is shared: times are "
         "upper bounds)",
