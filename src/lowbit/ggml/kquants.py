@@ -66,9 +66,10 @@ def _first_absmax(s: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- quantizers
 
 
-def _quantize_q6_k(x: np.ndarray) -> np.ndarray:
+def _quantize_q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
-    scales, L = make_qx_quants(_subblocks(x, 16), 32)
+    # with an imatrix, llama.cpp's quantize_row_q6_K_impl weights by the importance itself
+    scales, L = make_qx_quants(_subblocks(x, 16), 32, None if qw is None else _subblocks(qw, 16))
     scales = scales.reshape(nb, 16)
     L = _from_subblocks(L, nb).reshape(nb, 16, 16)
     max_scale = _first_absmax(scales)
@@ -165,15 +166,27 @@ _QUANTIZERS = {
     "Q6_K": _quantize_q6_k,
 }
 
+WEIGHTED_QUANTIZERS = {
+    "Q6_K": _quantize_q6_k,
+}
 
-def quantize_kquant(blocks: np.ndarray, qtype: str) -> np.ndarray:
-    """float32 (nb, 256) -> uint8 (nb, type_size), as ggml's `quantize_row_<qtype>_ref`."""
-    fn = _QUANTIZERS[qtype]
+
+def quantize_kquant(blocks: np.ndarray, qtype: str, qw: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """float32 (nb, 256) -> uint8 (nb, type_size), as ggml's `quantize_row_<qtype>_ref`, or
+    with importance `qw` (nb, 256) as llama.cpp's `quantize_row_<qtype>_impl`."""
+    if qw is not None and qtype not in WEIGHTED_QUANTIZERS:
+        raise NotImplementedError(f"quantize to {qtype} with an importance vector is not "
+                                  f"supported yet (supported: {', '.join(WEIGHTED_QUANTIZERS)})")
     x = blocks.astype(np.float32, copy=False)
     out = np.empty((x.shape[0], get_layout(qtype).type_size), dtype=np.uint8)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
-            out[s : s + CHUNK_SUPERBLOCKS] = fn(x[s : s + CHUNK_SUPERBLOCKS])
+            part = slice(s, s + CHUNK_SUPERBLOCKS)
+            if qw is None:
+                out[part] = _QUANTIZERS[qtype](x[part])
+            else:
+                out[part] = WEIGHTED_QUANTIZERS[qtype](x[part], qw[part])
     return out
 
 
