@@ -15,9 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import kpack
-from .ksearch import GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qx_quants
+from .ksearch import (
+    GROUP_MAX_EPS,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+)
 from .layout import QK_K, get_layout, join_blocks, split_blocks
 from .numerics import f16_roundtrip, f32, nearest_int, safe_div, seqsum, to_f16
+from .weighted import superblock_weights
 
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -146,6 +153,30 @@ def _quantize_q45_k(x: np.ndarray, qtype: str) -> np.ndarray:
     lm = np.minimum(63, nearest_int(inv_min[:, None] * mins) & 0xFF)
     d16 = to_f16(max_scale / f32(63))
     dmin16 = to_f16(max_min / f32(63))
+    return _finish_q45_k(x, L, ls, lm, d16, dmin16, qtype)
+
+
+def _quantize_q45_k_weighted(x: np.ndarray, qw: np.ndarray, qtype: str) -> np.ndarray:
+    """quantize_row_q4_K_impl / q5_K_impl with quant_weights: weighted make_qkx3_quants per
+    sub-block, then make_qp_quants for the 6-bit scales and mins, weighted by each sub-block's
+    summed weights."""
+    nb = x.shape[0]
+    nmax = 15 if qtype == "Q4_K" else 31
+    w = _subblocks(superblock_weights(x, qw, 2), 32)
+    scales, mins, L = make_qkx2_quants(_subblocks(x, 32), w, nmax, -0.9, 0.05, 36,
+                                       use_mad=False)
+    sw = seqsum(w).reshape(nb, 8).T
+    d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, sw)
+    m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, sw)
+    L = _from_subblocks(L, nb).reshape(nb, 8, 32)
+    return _finish_q45_k(x, L, ls.T, lm.T, to_f16(d_block), to_f16(m_block), qtype)
+
+
+def _finish_q45_k(x: np.ndarray, L: np.ndarray, ls: np.ndarray, lm: np.ndarray,
+                  d16: np.ndarray, dmin16: np.ndarray, qtype: str) -> np.ndarray:
+    """Requantize with the stored scales (nb, 8) and mins and write Q4_K / Q5_K blocks."""
+    nb = x.shape[0]
+    nmax = 15 if qtype == "Q4_K" else 31
     d = d16.astype(np.float32)[:, None] * ls.astype(np.float32)
     dm = dmin16.astype(np.float32)[:, None] * lm.astype(np.float32)
     L = _requantize(x.reshape(nb, 8, 32), L, d, dm, 0, nmax, 0).reshape(nb, QK_K)
@@ -167,6 +198,8 @@ _QUANTIZERS = {
 }
 
 WEIGHTED_QUANTIZERS = {
+    "Q4_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q4_K"),
+    "Q5_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q5_K"),
     "Q6_K": _quantize_q6_k,
 }
 
