@@ -4,6 +4,8 @@ With `quant_weights` (one importance value per column of the row), llama.cpp rep
 reference quantizers by `quantize_row_<type>_impl`: a weighted least-squares scale search
 per block, with per-element weights built from the importance and the row's (or super-block's)
 mean square. Q8_0 ignores the importance. The searches are `ksearch`'s, vectorised.
+Known limit: a sub-block with a single nonzero weight makes the asymmetric fit's
+denominator pure rounding noise, so its bytes depend on how the C build fused multiply-adds.
 """
 
 from __future__ import annotations
