@@ -112,6 +112,26 @@ def _quantize_q3_k(x: np.ndarray) -> np.ndarray:
     )
 
 
+def _quantize_q3_k_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """quantize_row_q3_K_impl with quant_weights: weighted make_qx_quants per sub-block, then
+    for the 6-bit scales, weighted by each sub-block's summed weights."""
+    nb = x.shape[0]
+    w = _subblocks(superblock_weights(x, qw, 2), 16)
+    scales, L = make_qx_quants(_subblocks(x, 16), 4, w)
+    sw = np.ascontiguousarray(seqsum(w).reshape(nb, 16).T)
+    d_block, l6 = make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, sw)
+    l6 = l6.T
+    d16 = to_f16(d_block)
+    d = d16.astype(np.float32)[:, None] * (l6 - 32).astype(np.float32)
+    L = _from_subblocks(L, nb).reshape(nb, 16, 16)
+    L = _requantize(x.reshape(nb, 16, 16), L, d, None, -4, 3, 4).reshape(nb, QK_K)
+    return join_blocks(
+        get_layout("Q3_K"),
+        hmask=kpack.pack_highbit(L > 3), qs=kpack.pack_2bit(L & 3),
+        scales=kpack.pack_q3_scales(l6), d=d16,
+    )
+
+
 def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     xs = _subblocks(x, 16)
@@ -131,6 +151,25 @@ def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
     d = d16.astype(np.float32)[:, None] * (byte & 0x0F).astype(np.float32)
     dm = dmin16.astype(np.float32)[:, None] * (byte >> 4).astype(np.float32)
     L = _requantize(x.reshape(nb, 16, 16), L, d, dm, 0, 3, 0).reshape(nb, QK_K)
+    return join_blocks(get_layout("Q2_K"), scales=byte, qs=kpack.pack_2bit(L),
+                       d=d16, dmin=dmin16)
+
+
+def _quantize_q2_k_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """quantize_row_q2_K_impl: weighted make_qkx3_quants per sub-block of 16, then
+    make_qp_quants for the 4-bit scales and mins, weighted by each sub-block's summed weights."""
+    nb = x.shape[0]
+    w = _subblocks(superblock_weights(x, qw, 1), 16)
+    scales, mins, L = make_qkx2_quants(_subblocks(x, 16), w, 3, -0.9, 0.05, 36, use_mad=False)
+    sw = np.ascontiguousarray(seqsum(w).reshape(nb, 16).T)
+    dm, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, sw)
+    mm, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, sw)
+    byte = ((ls.T | (lm.T << 4)) & 0xFF).astype(np.uint8)
+    d16, dmin16 = to_f16(dm), to_f16(mm)
+    d = d16.astype(np.float32)[:, None] * (byte & 0x0F).astype(np.float32)
+    dmn = dmin16.astype(np.float32)[:, None] * (byte >> 4).astype(np.float32)
+    L = _from_subblocks(L, nb).reshape(nb, 16, 16)
+    L = _requantize(x.reshape(nb, 16, 16), L, d, dmn, 0, 3, 0).reshape(nb, QK_K)
     return join_blocks(get_layout("Q2_K"), scales=byte, qs=kpack.pack_2bit(L),
                        d=d16, dmin=dmin16)
 
@@ -198,6 +237,8 @@ _QUANTIZERS = {
 }
 
 WEIGHTED_QUANTIZERS = {
+    "Q2_K": _quantize_q2_k_weighted,
+    "Q3_K": _quantize_q3_k_weighted,
     "Q4_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q4_K"),
     "Q5_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q5_K"),
     "Q6_K": _quantize_q6_k,
