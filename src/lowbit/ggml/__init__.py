@@ -25,6 +25,7 @@ from .legacy import (
     quantize_legacy,
     unpack_legacy,
 )
+from .weighted import WEIGHTED_LEGACY, quantize_legacy_weighted
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED_TYPES: tuple[str, ...] = FLOAT_TYPES + LEGACY_TYPES + K_TYPES
@@ -57,11 +58,13 @@ def type_size(qtype: str) -> int:
     return get_layout(qtype).type_size
 
 
-def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
+def quantize(x: np.ndarray, qtype: str, importance: np.ndarray | None = None) -> np.ndarray:
     """float array (..., n) -> uint8 (..., n // block_size * type_size) in ggml's `qtype`.
 
     `x` is converted to float32 first (ggml quantizes float32). n must be a multiple of
-    the block size; quantized types need finite input.
+    the block size; quantized types need finite input. `importance` (n,), one weight per
+    column as in llama.cpp's imatrix, selects llama.cpp's weighted quantizers (F32/F16/BF16
+    and Q8_0 ignore it, as llama.cpp does).
     """
     layout = get_layout(qtype)
     name = layout.name
@@ -74,12 +77,29 @@ def quantize(x: np.ndarray, qtype: str) -> np.ndarray:
         return quantize_float(x, name)
     if not np.isfinite(x).all():
         raise ValueError(f"quantize to {name}: input contains NaN or infinity")
+    qw = None if importance is None else _check_importance(importance, n, name)
     blocks = x.reshape(-1, layout.block_size)
-    if name in LEGACY_TYPES:
+    if qw is not None and name in WEIGHTED_LEGACY:
+        out = quantize_legacy_weighted(x.reshape(-1, n), name, qw)
+    elif name in LEGACY_TYPES:
         out = quantize_legacy(blocks, name)
     else:
-        out = quantize_kquant(blocks, name)
+        qwb = None if qw is None else np.tile(qw.reshape(-1, layout.block_size),
+                                              (blocks.shape[0] * layout.block_size // n, 1))
+        out = quantize_kquant(blocks, name, qwb)
     return out.reshape(*x.shape[:-1], n // layout.block_size * layout.type_size)
+
+
+def _check_importance(importance: np.ndarray, n: int, name: str) -> np.ndarray:
+    """The importance vector as float32 (n,), checked: one finite weight per column."""
+    qw = np.asarray(importance)
+    if qw.shape != (n,):
+        raise ValueError(f"quantize to {name}: importance has shape {qw.shape}, expected ({n},) "
+                         "(one weight per column of the row)")
+    qw = np.ascontiguousarray(qw, dtype=np.float32)
+    if not np.isfinite(qw).all():
+        raise ValueError(f"quantize to {name}: importance contains NaN or infinity")
+    return qw
 
 
 def _row_length(a: np.ndarray, what: str, unit: str, multiple_of: str, size: int) -> int:

@@ -15,9 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import kpack
-from .ksearch import GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qx_quants
+from .ksearch import (
+    GROUP_MAX_EPS,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+)
 from .layout import QK_K, get_layout, join_blocks, split_blocks
 from .numerics import f16_roundtrip, f32, nearest_int, safe_div, seqsum, to_f16
+from .weighted import superblock_weights
 
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -66,9 +73,10 @@ def _first_absmax(s: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- quantizers
 
 
-def _quantize_q6_k(x: np.ndarray) -> np.ndarray:
+def _quantize_q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     nb = x.shape[0]
-    scales, L = make_qx_quants(_subblocks(x, 16), 32)
+    # with an imatrix, llama.cpp's quantize_row_q6_K_impl weights by the importance itself
+    scales, L = make_qx_quants(_subblocks(x, 16), 32, None if qw is None else _subblocks(qw, 16))
     scales = scales.reshape(nb, 16)
     L = _from_subblocks(L, nb).reshape(nb, 16, 16)
     max_scale = _first_absmax(scales)
@@ -104,6 +112,26 @@ def _quantize_q3_k(x: np.ndarray) -> np.ndarray:
     )
 
 
+def _quantize_q3_k_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """quantize_row_q3_K_impl with quant_weights: weighted make_qx_quants per sub-block, then
+    for the 6-bit scales, weighted by each sub-block's summed weights."""
+    nb = x.shape[0]
+    w = _subblocks(superblock_weights(x, qw, 2), 16)
+    scales, L = make_qx_quants(_subblocks(x, 16), 4, w)
+    sw = np.ascontiguousarray(seqsum(w).reshape(nb, 16).T)
+    d_block, l6 = make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, sw)
+    l6 = l6.T
+    d16 = to_f16(d_block)
+    d = d16.astype(np.float32)[:, None] * (l6 - 32).astype(np.float32)
+    L = _from_subblocks(L, nb).reshape(nb, 16, 16)
+    L = _requantize(x.reshape(nb, 16, 16), L, d, None, -4, 3, 4).reshape(nb, QK_K)
+    return join_blocks(
+        get_layout("Q3_K"),
+        hmask=kpack.pack_highbit(L > 3), qs=kpack.pack_2bit(L & 3),
+        scales=kpack.pack_q3_scales(l6), d=d16,
+    )
+
+
 def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     xs = _subblocks(x, 16)
@@ -127,6 +155,25 @@ def _quantize_q2_k(x: np.ndarray) -> np.ndarray:
                        d=d16, dmin=dmin16)
 
 
+def _quantize_q2_k_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """quantize_row_q2_K_impl: weighted make_qkx3_quants per sub-block of 16, then
+    make_qp_quants for the 4-bit scales and mins, weighted by each sub-block's summed weights."""
+    nb = x.shape[0]
+    w = _subblocks(superblock_weights(x, qw, 1), 16)
+    scales, mins, L = make_qkx2_quants(_subblocks(x, 16), w, 3, -0.9, 0.05, 36, use_mad=False)
+    sw = np.ascontiguousarray(seqsum(w).reshape(nb, 16).T)
+    dm, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, sw)
+    mm, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, sw)
+    byte = ((ls.T | (lm.T << 4)) & 0xFF).astype(np.uint8)
+    d16, dmin16 = to_f16(dm), to_f16(mm)
+    d = d16.astype(np.float32)[:, None] * (byte & 0x0F).astype(np.float32)
+    dmn = dmin16.astype(np.float32)[:, None] * (byte >> 4).astype(np.float32)
+    L = _from_subblocks(L, nb).reshape(nb, 16, 16)
+    L = _requantize(x.reshape(nb, 16, 16), L, d, dmn, 0, 3, 0).reshape(nb, QK_K)
+    return join_blocks(get_layout("Q2_K"), scales=byte, qs=kpack.pack_2bit(L),
+                       d=d16, dmin=dmin16)
+
+
 def _quantize_q45_k(x: np.ndarray, qtype: str) -> np.ndarray:
     nb = x.shape[0]
     nmax, rmin, nstep = (15, -1.0, 20) if qtype == "Q4_K" else (31, -0.5, 15)
@@ -145,6 +192,30 @@ def _quantize_q45_k(x: np.ndarray, qtype: str) -> np.ndarray:
     lm = np.minimum(63, nearest_int(inv_min[:, None] * mins) & 0xFF)
     d16 = to_f16(max_scale / f32(63))
     dmin16 = to_f16(max_min / f32(63))
+    return _finish_q45_k(x, L, ls, lm, d16, dmin16, qtype)
+
+
+def _quantize_q45_k_weighted(x: np.ndarray, qw: np.ndarray, qtype: str) -> np.ndarray:
+    """quantize_row_q4_K_impl / q5_K_impl with quant_weights: weighted make_qkx3_quants per
+    sub-block, then make_qp_quants for the 6-bit scales and mins, weighted by each sub-block's
+    summed weights."""
+    nb = x.shape[0]
+    nmax = 15 if qtype == "Q4_K" else 31
+    w = _subblocks(superblock_weights(x, qw, 2), 32)
+    scales, mins, L = make_qkx2_quants(_subblocks(x, 32), w, nmax, -0.9, 0.05, 36,
+                                       use_mad=False)
+    sw = seqsum(w).reshape(nb, 8).T
+    d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, sw)
+    m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, sw)
+    L = _from_subblocks(L, nb).reshape(nb, 8, 32)
+    return _finish_q45_k(x, L, ls.T, lm.T, to_f16(d_block), to_f16(m_block), qtype)
+
+
+def _finish_q45_k(x: np.ndarray, L: np.ndarray, ls: np.ndarray, lm: np.ndarray,
+                  d16: np.ndarray, dmin16: np.ndarray, qtype: str) -> np.ndarray:
+    """Requantize with the stored scales (nb, 8) and mins and write Q4_K / Q5_K blocks."""
+    nb = x.shape[0]
+    nmax = 15 if qtype == "Q4_K" else 31
     d = d16.astype(np.float32)[:, None] * ls.astype(np.float32)
     dm = dmin16.astype(np.float32)[:, None] * lm.astype(np.float32)
     L = _requantize(x.reshape(nb, 8, 32), L, d, dm, 0, nmax, 0).reshape(nb, QK_K)
@@ -165,15 +236,31 @@ _QUANTIZERS = {
     "Q6_K": _quantize_q6_k,
 }
 
+WEIGHTED_QUANTIZERS = {
+    "Q2_K": _quantize_q2_k_weighted,
+    "Q3_K": _quantize_q3_k_weighted,
+    "Q4_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q4_K"),
+    "Q5_K": lambda x, qw: _quantize_q45_k_weighted(x, qw, "Q5_K"),
+    "Q6_K": _quantize_q6_k,
+}
 
-def quantize_kquant(blocks: np.ndarray, qtype: str) -> np.ndarray:
-    """float32 (nb, 256) -> uint8 (nb, type_size), as ggml's `quantize_row_<qtype>_ref`."""
-    fn = _QUANTIZERS[qtype]
+
+def quantize_kquant(blocks: np.ndarray, qtype: str, qw: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """float32 (nb, 256) -> uint8 (nb, type_size), as ggml's `quantize_row_<qtype>_ref`, or
+    with importance `qw` (nb, 256) as llama.cpp's `quantize_row_<qtype>_impl`."""
+    if qw is not None and qtype not in WEIGHTED_QUANTIZERS:
+        raise NotImplementedError(f"quantize to {qtype} with an importance vector is not "
+                                  f"supported yet (supported: {', '.join(WEIGHTED_QUANTIZERS)})")
     x = blocks.astype(np.float32, copy=False)
     out = np.empty((x.shape[0], get_layout(qtype).type_size), dtype=np.uint8)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
-            out[s : s + CHUNK_SUPERBLOCKS] = fn(x[s : s + CHUNK_SUPERBLOCKS])
+            part = slice(s, s + CHUNK_SUPERBLOCKS)
+            if qw is None:
+                out[part] = _QUANTIZERS[qtype](x[part])
+            else:
+                out[part] = WEIGHTED_QUANTIZERS[qtype](x[part], qw[part])
     return out
 
 

@@ -147,3 +147,51 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     L = np.where(live[None, :], L.astype(np.int32), 0)
     scale = np.where(live, scale, f32(0)).astype(np.float32)
     return scale, (-mn).astype(np.float32), L
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_qp_quants: codes L in [0, nmax] for non-negative x (n, m) (the sub-block scales of
+    a super-block) with weights w: best of 9 scales by weighted error, then up to 5 passes of
+    coordinate descent. Codes are stored as uint8 in C, so negative ones wrap; L is that byte."""
+    n = x.shape[0]
+    vmax = np.maximum(np.fmax.reduce(x, axis=0), f32(0))
+    live = vmax >= GROUP_MAX_EPS
+    wx = w * x
+
+    def mse(iscale: np.ndarray, clamp: bool) -> tuple[np.ndarray, np.ndarray]:
+        li = nearest_int(iscale * x)
+        li = np.minimum(nmax, li) if clamp else li & 0xFF
+        scale = safe_div(f32(1), iscale, live)
+        diff = x - scale * li.astype(np.float32)
+        return seqsum(w * diff * diff), li
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = safe_div(f32(nmax), vmax, live)
+        best, _ = mse(iscale, clamp=False)
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            iscale_is = safe_div(f32(0.1) * f32(step) + f32(nmax), vmax, live)
+            cur, _ = mse(iscale_is, clamp=True)
+            better = cur < best
+            best = np.where(better, cur, best)
+            iscale = np.where(better, iscale_is, iscale)
+        li = np.minimum(nmax, nearest_int(iscale * x)).astype(np.float32)
+        sumlx = seqsum(wx * li)
+        suml2 = seqsum(w * li * li)
+        L8 = (li.astype(np.int32) & 0xFF).astype(np.float32)  # C's uint8_t L[i]
+        for _ in range(5):  # a pass that changes nothing is C's early break
+            for i in range(n):
+                slx = sumlx - wx[i] * L8[i]
+                sl2 = suml2 - w[i] * L8[i] * L8[i]
+                cand = (slx > 0) & (sl2 > 0)
+                new_l = np.minimum(nmax, nearest_int(safe_div(x[i] * sl2, slx, cand)))
+                new_f = new_l.astype(np.float32)
+                cand &= new_f != L8[i]
+                slx = slx + wx[i] * new_f
+                sl2 = sl2 + w[i] * new_f * new_f
+                accept = cand & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                L8[i] = np.where(accept, (new_l & 0xFF).astype(np.float32), L8[i])
+                sumlx = np.where(accept, slx, sumlx)
+                suml2 = np.where(accept, sl2, suml2)
+        scale = np.divide(sumlx, suml2, dtype=np.float32)
+    L = np.where(live[None, :], L8.astype(np.int32), 0)
+    return np.where(live, scale, f32(0)).astype(np.float32), L
