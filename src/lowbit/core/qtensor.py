@@ -155,6 +155,8 @@ class QTensor:
             raise ValueError(f"{name}: unknown quantized tensor parts {sorted(unknown)}")
         if "codes" not in tensors or "scale" not in tensors:
             raise ValueError(f"{name}: a quantized tensor needs 'codes' and 'scale'")
+        if missing := sorted(required_parts(scheme) - set(tensors)):
+            raise ValueError(f"{name}: scheme {scheme} needs parts {missing}, not stored")
         qt = cls(scheme=scheme, shape=(int(shape[0]), int(shape[1])), **tensors)
         qt.validate(name)
         return qt
@@ -218,3 +220,12 @@ class QTensor:
         if not torch.equal(torch.sort(p.long()).values, torch.arange(in_f, device=p.device)):
             raise ValueError(f"{name}: perm is not a permutation of range({in_f})")
 
+
+def required_parts(scheme: Scheme) -> set[str]:
+    """The parts a QTensor of ``scheme`` must store (``perm`` is optional)."""
+    parts = {"codes", "scale"}
+    parts |= set() if scheme.symmetric else {"zero"}
+    parts |= {"scale_scale", "scale_mean"} if scheme.double_quant else set()
+    parts |= {"tensor_scale"} if scheme.tensor_scale else set()
+    parts |= {"outlier_index", "outlier_value"} if scheme.outliers is not None else set()
+    return parts

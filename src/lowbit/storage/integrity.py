@@ -157,16 +157,6 @@ def _stand_in(info: Any) -> torch.Tensor:
     return torch.empty(info.shape, dtype=info.dtype, device="meta")
 
 
-def scheme_parts(scheme: Any) -> set[str]:
-    """The parts a quantized layer of ``scheme`` must store (``perm`` is optional)."""
-    parts = {"codes", "scale"}
-    parts |= set() if scheme.symmetric else {"zero"}
-    parts |= {"scale_scale", "scale_mean"} if scheme.double_quant else set()
-    parts |= {"tensor_scale"} if scheme.tensor_scale else set()
-    parts |= {"outlier_index", "outlier_value"} if scheme.outliers is not None else set()
-    return parts
-
-
 def storage_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
     """What :func:`lowbit.storage.checkpoint.load` checks before reading any tensor data:
     shards readable, every tensor they hold listed, every layer with all its parts."""
@@ -197,8 +187,6 @@ def _layer_problems(meta: dict[str, Any], headers: dict[str, dict]) -> list[str]
         try:
             scheme = Scheme.from_json(info["scheme"])
             QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)
-            if missing := sorted(scheme_parts(scheme) - set(parts)):
-                raise ValueError(f"{name}: scheme {scheme} needs parts {missing}, not stored")
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
             problems.append(str(err) if str(err).startswith(name) else f"{name}: {err}")
             continue
