@@ -11,8 +11,7 @@ from typing import Any
 
 from lowbit.models.builtins import cache_root
 from lowbit.storage.atomic import write_text_atomic
-
-_HASH_CHUNK = 1 << 20
+from lowbit.storage.integrity import sha256_of
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -24,11 +23,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     hit = entries.get(str(path))
     if hit and hit.get("key") == key:
         return hit["sha256"]
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_of(path)
     entries = {p: e for p, e in _read_hash_cache().items() if Path(p).exists()}
     entries[str(path)] = {"key": key, "sha256": digest}
     with contextlib.suppress(OSError):  # a read-only cache only costs recomputation
