@@ -3,18 +3,16 @@ it optimises against RTN's, finiteness on awkward weights, refusals and a checkp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-import lowbit
 from lowbit.core.qtensor import QTensor
 from lowbit.methods import get_method
 from lowbit.methods.hqq import lp_error, quantize_hqq
 from lowbit.methods.rtn import quantize_rtn
-from lowbit.pipeline.streaming import quantize_folder
+from tests.methods.drivers import through_both_drivers
 from tests.methods.reference_hqq import reference_hqq
 
 
@@ -99,20 +97,8 @@ def test_refuses_schemes_without_a_zero_point_and_bad_options() -> None:
 
 def test_round_trips_through_both_drivers_and_a_checkpoint(tiny_llama, tmp_path: Path) -> None:
     model, tok = tiny_llama
-    src = tmp_path / "src"
-    model.save_pretrained(src)
-    tok.save_pretrained(src)
     method = get_method("hqq").with_options(refine_scale=True)
-    quantize_folder(src, "int3-asym-g32", tmp_path / "streamed", method=method, progress=False)
-    report = lowbit.quantize(model, "int3-asym-g32", method=method, progress=False)
-    lowbit.save(model, tmp_path / "memory", tokenizer=tok, layer_info=report.layers)
-    for folder in ("streamed", "memory"):
-        layers = json.loads((tmp_path / folder / "lowbit.json").read_text())["layers"]
-        assert {e["method"] for e in layers.values()} == {"hqq"}
-    loaded, _ = lowbit.load(tmp_path / "streamed")
-    ids = torch.arange(5, 30).reshape(1, -1)
-    with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    loaded = through_both_drivers(model, tok, tmp_path, "int3-asym-g32", method, "hqq")
     qt = loaded.model.layers[0].mlp.up_proj.qweight
     again = QTensor.from_tensors(qt.scheme, qt.shape, qt.tensors())
     assert torch.equal(again.dequantize(), qt.dequantize())

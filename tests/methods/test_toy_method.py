@@ -4,7 +4,6 @@ the in-memory driver, the streaming driver and a saved checkpoint."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from lowbit.core.qparams import choose_qparams, dequantize_codes, quantize_with_
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.methods import register_method, unregister_method
-from lowbit.pipeline.streaming import quantize_folder
+from tests.methods.drivers import through_both_drivers
 
 SCHEME = "int4-sym-g32"
 
@@ -56,21 +55,8 @@ def test_the_toy_method_rounds_toward_zero(registered) -> None:
 def test_the_toy_method_runs_through_both_drivers_and_a_checkpoint(registered, tiny_llama,
                                                                    tmp_path: Path) -> None:
     model, tok = tiny_llama
-    src = tmp_path / "src"
-    model.save_pretrained(src)
-    tok.save_pretrained(src)
-    quantize_folder(src, SCHEME, tmp_path / "streamed", method="toward_zero", progress=False)
     original = model.model.layers[0].mlp.up_proj.weight.detach().clone()
-    report = lowbit.quantize(model, SCHEME, method="toward_zero", progress=False)
-    assert {r.method for r in report.layers.values()} == {"toward_zero"}
-    lowbit.save(model, tmp_path / "memory", tokenizer=tok, layer_info=report.layers)
-    for folder in ("streamed", "memory"):
-        layers = json.loads((tmp_path / folder / "lowbit.json").read_text())["layers"]
-        assert {e["method"] for e in layers.values()} == {"toward_zero"}
-    loaded, _ = lowbit.load(tmp_path / "streamed")
-    ids = torch.arange(5, 30).reshape(1, -1)
-    with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    loaded = through_both_drivers(model, tok, tmp_path, SCHEME, "toward_zero", "toward_zero")
     stored = loaded.model.layers[0].mlp.up_proj.weight
     assert bool((stored.abs() <= original.abs()).all())
     assert not torch.equal(stored, lowbit.quantize_tensor(original, SCHEME).dequantize())
