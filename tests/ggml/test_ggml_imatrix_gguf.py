@@ -36,11 +36,12 @@ def test_layout_is_llama_imatrix_s(tmp_path) -> None:
         assert t.tensor_type == gguf.GGMLQuantizationType.F32
         base, _, part = t.name.rpartition(".")
         n_mat = im.counts[base].size
+        trailing = [n_mat] if n_mat > 1 else []  # ggml_n_dims drops trailing 1s
         if part == "in_sum2":  # ggml shape (n_columns, n_mat)
-            assert list(t.shape) == [im.sums[base].shape[1], n_mat]
+            assert list(t.shape) == [im.sums[base].shape[1], *trailing]
             np.testing.assert_array_equal(np.asarray(t.data).reshape(n_mat, -1), im.sums[base])
         else:
-            assert list(t.shape) == [1, n_mat]
+            assert list(t.shape) == [1, *trailing]
             np.testing.assert_array_equal(np.asarray(t.data).reshape(-1), im.counts[base])
 
 

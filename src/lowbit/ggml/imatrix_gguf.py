@@ -3,7 +3,8 @@
 Key-value pairs `general.type = "imatrix"`, `imatrix.datasets` (array of strings),
 `imatrix.chunk_count` and `imatrix.chunk_size` (uint32); per entry, in name order, an F32 tensor
 `<name>.in_sum2` of ggml shape (n_columns, n_mat) holding raw sums of x^2, and an F32 tensor
-`<name>.counts` of shape (1, n_mat) holding token counts. Reading follows llama.cpp's
+`<name>.counts` of shape (1, n_mat) holding token counts (written with ggml's trailing 1s
+dropped, as gguf does: (n_columns,) and (1,) for a dense weight). Reading follows llama.cpp's
 `common_imatrix_load` (counts rounded to integers), and refuses what llama-quantize refuses
 (missing metadata, a sum without its counts); legacy-form data is written as llama-imatrix
 converts it when it loads a `.dat` (sums and counts times the chunk size, 1 when unknown).
@@ -48,9 +49,13 @@ def write_imatrix_gguf(path: str | os.PathLike, imatrix: Imatrix) -> None:
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.chunk_count)
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, imatrix.chunk_size)
         for name in sorted(sums):
-            writer.add_tensor(name + SUM, np.ascontiguousarray(sums[name], dtype=np.float32))
-            writer.add_tensor(name + COUNT,
-                              counts[name].astype(np.float32).reshape(-1, 1))
+            s, c = sums[name].astype(np.float32), counts[name].astype(np.float32)
+            if s.shape[0] == 1:  # gguf writes ggml_n_dims dimensions: trailing 1s dropped
+                s, c = s.reshape(-1), c.reshape(-1)
+            else:
+                c = c.reshape(-1, 1)
+            writer.add_tensor(name + SUM, np.ascontiguousarray(s))
+            writer.add_tensor(name + COUNT, c)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
