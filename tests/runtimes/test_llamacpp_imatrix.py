@@ -118,10 +118,11 @@ def test_export_with_llama_imatrix_file_is_llama_quantize_s(smol, tmp_path, lowb
 def wide_f32(tmp_path_factory):
     """A 16-layer Llama with 256-wide rows (K-quants apply) as an F32 GGUF, and lowbit's imatrix
     of it in both formats (llama-quantize must read lowbit's files)."""
+    from tests.export.conftest import wide_llama
+
     from lowbit.calibration import Calibration
     from lowbit.export.imatrix import measure_imatrix
     from lowbit.models import load_model
-    from tests.export.conftest import wide_llama
 
     tmp = tmp_path_factory.mktemp("wide-imatrix")
     _, src = wide_llama(tmp, n_layers=16)
