@@ -157,3 +157,12 @@ def test_cli_imatrix_then_export(tiny_gguf, tmp_path, capsys, lowbit_cache) -> N
                  "-o", str(gguf_out)]) == 0
     assert f"imatrix          {out}" in capsys.readouterr().out
     assert _kv(gguf_out)["quantize.imatrix.file"] == str(out)
+
+
+def test_a_quantized_model_is_refused(tiny_llama) -> None:
+    from lowbit import quantize
+
+    model, _ = tiny_llama
+    quantize(model, "int8-sym-channel")
+    with pytest.raises(ValueError, match="measured on the unquantized model"):
+        measure_imatrix(model, Calibration(torch.randint(0, 256, (1, 16))), progress=False)

@@ -52,6 +52,10 @@ def _collect(model: nn.Module, calibration: Calibration, process_output: bool, p
 
     stack = find_blocks(model)
     groups, head = _recorded_layers(model, stack, process_output)
+    if not any(groups):
+        raise ValueError(f"{type(model).__name__} has no float Linear layers in its blocks; an "
+                         "importance matrix is measured on the unquantized model (not a "
+                         "quantized checkpoint)")
     inputs = capture_inputs(model, stack, calibration.batches())
     found: dict[str, LayerStats] = {}
     for i, block in enumerate(tqdm(stack.blocks, desc="imatrix", unit="block",
