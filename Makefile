@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lowbit-installed
 LLAMACPP := $(VENV)/.llamacpp-installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean llamacpp-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ $(LLAMACPP): $(STAMP) scripts/install_llamacpp.sh
 	touch $(LLAMACPP)
 
 venv: $(STAMP)
+
+# llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity) for the tests that
+# check lowbit's importance matrix against them; optional (those tests skip without them).
+# Built once into ~/.cache/lowbit/tools; about 8 minutes on 2 cores.
+llamacpp-tools: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/install_llamacpp_tools.sh
 
 demo: $(STAMP)
 	$(BIN)/lowbit demo

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.commands import cache as cache_commands
     from lowbit.commands import evaluate as eval_commands
     from lowbit.commands import export as export_commands
+    from lowbit.commands import imatrix as imatrix_commands
     from lowbit.commands import models as model_commands
     from lowbit.commands import sweep as sweep_commands
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_commands.add_parsers(sub)
     sweep_commands.add_parsers(sub)
     export_commands.add_parsers(sub)
+    imatrix_commands.add_parsers(sub)
     cache_commands.add_parsers(sub)
 
     from lowbit.commands.demo import add_arguments as add_demo_arguments

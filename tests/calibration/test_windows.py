@@ -56,3 +56,22 @@ def test_errors(tiny_tokenizer, calib_text: Path, tmp_path: Path) -> None:
         Calibration(torch.zeros(4))
     with pytest.raises(ValueError, match="batch_size"):
         Calibration(torch.zeros(2, 3, dtype=torch.long), batch_size=0)
+
+
+def test_from_texts_shares_the_windows_among_the_texts(tiny_tokenizer, calib_text: Path,
+                                                       tmp_path: Path) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text(calib_text.read_text()[::-1], encoding="utf-8")
+    cal = Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=5 * 40, length=40,
+                                 batch_size=3)
+    first = Calibration.from_text(tiny_tokenizer, calib_text, windows=3, length=40)
+    second = Calibration.from_text(tiny_tokenizer, other, windows=2, length=40)
+    assert torch.equal(cal.tokens, torch.cat([first.tokens, second.tokens]))
+    assert cal.batch_size == 3 and "calib.txt" in cal.source and "other.txt" in cal.source
+    one = Calibration.from_texts(tiny_tokenizer, [calib_text], tokens=130, length=40)
+    assert torch.equal(one.tokens, Calibration.from_text(tiny_tokenizer, calib_text, windows=3,
+                                                         length=40).tokens)
+    with pytest.raises(ValueError, match="fewer than one per text"):
+        Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=40, length=40)
+    with pytest.raises(ValueError, match="at least one text"):
+        Calibration.from_texts(tiny_tokenizer, [], tokens=40, length=40)

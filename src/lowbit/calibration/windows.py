@@ -9,6 +9,7 @@ chapters 1-60 of Moby-Dick, kept apart from the evaluation texts (chapters 61-10
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,25 @@ class Calibration:
         if tokenizer_adds_bos(tokenizer):
             tokens[:, 0] = int(tokenizer.bos_token_id)
         return cls(tokens, batch_size, f"{os.fspath(text)} ({windows} x {length} tokens)")
+
+    @classmethod
+    def from_texts(cls, tokenizer: Any, texts: Sequence[str | os.PathLike[str]], *,
+                   tokens: int = DEFAULT_WINDOWS * DEFAULT_LENGTH, length: int = DEFAULT_LENGTH,
+                   batch_size: int = DEFAULT_BATCH) -> Calibration:
+        """About ``tokens`` tokens (``tokens // length`` windows) from several named texts: the
+        windows are shared out as evenly as possible (earlier texts get the remainder) and each
+        text's share is cut as :meth:`from_text` cuts it."""
+        if not texts:
+            raise ValueError("calibration needs at least one text")
+        windows = tokens // length if length > 0 else 0
+        if windows < len(texts):
+            raise ValueError(f"calibration: {tokens} tokens make {max(windows, 0)} windows of "
+                             f"{length}, fewer than one per text ({len(texts)} texts)")
+        if len(texts) == 1:
+            return cls.from_text(tokenizer, texts[0], windows=windows, length=length,
+                                 batch_size=batch_size)
+        share = [windows // len(texts) + (i < windows % len(texts)) for i in range(len(texts))]
+        parts = [cls.from_text(tokenizer, t, windows=n, length=length, batch_size=batch_size)
+                 for t, n in zip(texts, share, strict=True)]
+        return cls(torch.cat([p.tokens for p in parts]), batch_size,
+                   " + ".join(p.source for p in parts))

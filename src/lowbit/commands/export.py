@@ -9,10 +9,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lowbit.export import to_gguf
 
     report = to_gguf(args.source, args.output, qtype=args.type, requantize=args.requantize,
-                     force=args.force, progress=True, verify=not args.no_verify)
+                     force=args.force, progress=True, verify=not args.no_verify,
+                     imatrix=args.imatrix)
     counts = ", ".join(f"{n} {t}" for t, n in report.type_counts().items())
     print(f"source           {report.source} ({report.arch})")
     print(f"type             {report.preset or 'as stored (lossless)'}")
+    if args.imatrix:
+        print(f"imatrix          {args.imatrix}")
     print(f"tensors          {len(report.tensor_types)}: {counts}")
     if report.lossless:
         print(f"lossless         {len(report.lossless)} quantized layers written from their "
@@ -36,6 +39,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "model; for a checkpoint it sets the type of its float tensors")
     p.add_argument("--requantize", action="store_true",
                    help="requantize a checkpoint whose scheme is no GGUF type (needs --type)")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix (llama-imatrix or `lowbit imatrix`, GGUF or .dat): "
+                        "quantize each tensor with it, as llama-quantize --imatrix")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--no-verify", action="store_true",
                    help="load a checkpoint without checking its file hashes")

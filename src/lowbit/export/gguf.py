@@ -7,7 +7,8 @@ turn (one tensor in memory at a time), into a temporary file renamed into place 
 Quantized layers of a checkpoint whose scheme is a GGUF type (int8-sym-g32 = Q8_0,
 int4-sym-g32 = Q4_0, int4-asym-g32 = Q4_1, int5-sym-g32 = Q5_0, int5-asym-g32 = Q5_1) are
 written from their codes and fp16 scales, without requantizing; other tensors are quantized
-by lowbit's byte-exact ggml encoders following a llama.cpp preset (see `gguf_types`).
+by lowbit's byte-exact ggml encoders following a llama.cpp preset (see `gguf_types`), with
+each tensor's importance when an importance matrix is given (see `gguf_imatrix`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ import numpy as np
 import torch
 
 from lowbit.export import gguf_metadata as meta
+from lowbit.export.gguf_imatrix import (
+    add_imatrix_metadata,
+    check_coverage,
+    importance_for,
+    load_imatrix,
+)
 from lowbit.export.gguf_types import (
     FLOAT_TYPES,
     PRESETS,
@@ -35,6 +42,7 @@ from lowbit.export.gguf_types import (
     nearest_types,
     preset_type,
 )
+from lowbit.ggml.imatrix import Imatrix
 from lowbit.storage.atomic import check_output_path, named_os_error
 from lowbit.storage.lock import output_lock
 from lowbit.storage.partials import clean_stale, temp_sibling
@@ -84,11 +92,13 @@ class _Entry:
     qtype: str
     module: torch.nn.Module | None = None  # a QuantLinear written losslessly
     tensor: torch.Tensor | None = None  # else the float (or dequantized) value
+    importance: np.ndarray | None = None  # the imatrix entry it is quantized with
 
 
 def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: str | None = None,
             requantize: bool = False, force: bool = False, progress: bool = False,
-            verify: bool = True) -> ExportReport:
+            verify: bool = True, imatrix: str | os.PathLike | Imatrix | None = None
+            ) -> ExportReport:
     """Export `source` (a lowbit checkpoint folder, or a float model: HF folder, .gguf, built-in
     name) to the GGUF file `out_path`.
 
@@ -96,7 +106,9 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
     ValueError lists the nearest types, unless `requantize=True` (then `qtype` is required and
     every tensor follows that preset). Its float tensors go out as stored (norms F32), or by the
     preset `qtype`. A float model needs `qtype` (a preset name from `gguf_types.PRESETS`).
-    `verify=False` loads a checkpoint without checking its file hashes.
+    `verify=False` loads a checkpoint without checking its file hashes. `imatrix` (a file
+    written by llama-imatrix or `lowbit imatrix`, or an `Imatrix`) quantizes each tensor with
+    its importance, as `llama-quantize --imatrix` does.
     """
     t0 = time.perf_counter()
     out = Path(out_path)
@@ -109,6 +121,7 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         if out.is_dir():
             raise ValueError(f"{out} is a folder; give the path of the .gguf file to write")
         preset = None if qtype is None else check_preset(qtype)
+        im = load_imatrix(imatrix)
         model, keep = _load_source(source, preset, requantize, verify)
         config = model.config
         arch = meta.gguf_arch(config)
@@ -124,9 +137,10 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
             import gguf
 
             reader = gguf.GGUFReader(template)
-            entries = _plan(model, arch, config, reader, preset, requantize, keep)
+            entries = _plan(model, arch, config, reader, preset, requantize, keep, im)
             file_type = _file_type(preset, entries)
-            _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress)
+            _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress,
+                   imatrix=im)
     lossless = [e.name for e in entries if e.module is not None]
     return ExportReport(
         path=out, source=str(source), arch=arch, preset=preset,
@@ -179,7 +193,7 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module | 
 
 
 def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: str | None,
-          requantize: bool, keep: str) -> list[_Entry]:
+          requantize: bool, keep: str, imatrix: Imatrix | None = None) -> list[_Entry]:
     n_layers = config.num_hidden_layers
     wanted = meta.template_tensors(reader)
     by_gguf: dict[str, tuple[str, Any, Any]] = {}
@@ -218,12 +232,16 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: s
             tensor = mod.qweight.dequantize()
         if preset is not None:
             t = preset_type(slot, preset, n_layer=n_layers, n_gqa=meta.n_gqa(config),
-                            tied_output=tied)
+                            tied_output=tied, has_imatrix=imatrix is not None)
         else:
             t = "F32" if len(shape) < 2 else keep
-        entries.append(_Entry(g, shape, t, tensor=tensor))
+        qw = None if imatrix is None else importance_for(imatrix, g, shape, t)
+        entries.append(_Entry(g, shape, t, tensor=tensor, importance=qw))
     if unmappable:
         _raise_unmappable(unmappable)
+    if imatrix is not None:
+        check_coverage(imatrix, [e.name for e in entries if e.module is None
+                                 and e.qtype not in FLOAT_TYPES and len(e.shape) >= 2])
     return entries
 
 
@@ -262,7 +280,7 @@ def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
 
 
 def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Entry], *,
-           arch_config: Any, progress: bool) -> None:
+           arch_config: Any, progress: bool, imatrix: Imatrix | None = None) -> None:
     import gguf
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +288,8 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         meta.copy_metadata(reader, writer, file_type)
+        if imatrix is not None:
+            add_imatrix_metadata(writer, imatrix)
         for e in entries:
             writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32),
                                    _nbytes(e.shape, e.qtype),
@@ -304,7 +324,7 @@ def tensor_bytes(e: _Entry, arch: str, config: Any) -> np.ndarray:
     if e.module is not None:
         return _lossless_bytes(e, arch, config)
     w = meta.float_layout(e.name, e.tensor.float().cpu().numpy(), arch, config)
-    return ggml.quantize(w, e.qtype)
+    return ggml.quantize(w, e.qtype, importance=e.importance)
 
 
 def _lossless_bytes(e: _Entry, arch: str, config: Any) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Which GGUF type each tensor gets: lossless scheme -> type mapping and llama.cpp's presets.
 
 Presets follow `llama_tensor_get_type` in llama.cpp's `src/llama-quant.cpp` for dense
-(non-MoE, non-Falcon) models quantized without an importance matrix:
+(non-MoE, non-Falcon) models:
 
 * the default type of the preset (Q4_K_M -> Q4_K, Q3_K_L -> Q3_K, ...) for every 2-D weight;
   1-D tensors (norms) stay F32;
@@ -12,6 +12,8 @@ Presets follow `llama_tensor_get_type` in llama.cpp's `src/llama-quant.cpp` for 
   Q4_K_S -> Q5_K for the first four layers;
 * ``ffn_down``: Q2_K -> Q3_K; Q3_K_M -> Q5_K for layers < n/16, else Q4_K; Q3_K_L -> Q5_K;
   Q4_K_M, Q5_K_M -> Q6_K on `use_more_bits` layers; Q4_K_S -> Q5_K for layers < n/8;
+  with an importance matrix, Q4_0 -> Q4_1 and Q5_0 -> Q5_1 for layers < n/8 (llama.cpp's guard
+  against "craziness in the first few ffn_down layers");
 * ``attn_output``: Q2_K -> Q3_K; Q3_K_M -> Q4_K; Q3_K_L -> Q5_K;
 * a row length that is not a multiple of the chosen type's block falls back: Q2_K/Q3_K ->
   Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 if even that block does not fit.
@@ -75,8 +77,9 @@ def _use_more_bits(i: int, n: int) -> bool:
 
 
 def preset_type(slot: TensorSlot, preset: str, *, n_layer: int, n_gqa: int,
-                tied_output: bool) -> str:
-    """GGUF type of `slot` under llama.cpp preset `preset` (see the module docstring)."""
+                tied_output: bool, has_imatrix: bool = False) -> str:
+    """GGUF type of `slot` under llama.cpp preset `preset` (see the module docstring);
+    `has_imatrix`: quantizing with an importance matrix (changes Q4_0/Q5_0's ffn_down)."""
     preset = check_preset(preset)
     base = PRESETS[preset]
     if slot.ndim < 2 or slot.name.endswith("_norm.weight"):
@@ -112,6 +115,8 @@ def preset_type(slot: TensorSlot, preset: str, *, n_layer: int, n_gqa: int,
             t = "Q6_K"
         elif preset == "Q4_K_S" and i < n // 8:
             t = "Q5_K"
+        elif preset in ("Q4_0", "Q5_0") and has_imatrix and i < n // 8:
+            t = "Q4_1" if preset == "Q4_0" else "Q5_1"
     elif "attn_output.weight" in name:
         t = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(preset, t)
     if slot.row % block_size(t):
