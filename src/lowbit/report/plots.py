@@ -85,11 +85,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     front = pareto_front(pts)
     # Perplexity: rows past CLIP x the baseline's are drawn at that height (marked ^, value in
     # the label) so that a collapsed format does not squash the others into one line.
-    cap = None
-    base_ppl = [summary_row(r)["ppl"] for r in records
-                if r.get("baseline") and summary_row(r).get("ppl")]
-    if metric == "ppl" and base_ppl and max(p[1] for p in pts) > CLIP * base_ppl[0]:
-        cap = CLIP * base_ppl[0]
+    cap = _ppl_cap(records, metric, pts)
     labels = []
     markers = method_markers(rows)
     for r, on in zip(rows, front):
@@ -110,10 +106,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fx = sorted((p for p, on in zip(pts, front) if on))
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "-", color="C3", lw=1.2, zorder=2,
             label="Pareto front (fewer bits, lower " + ylabel.split(" (")[0] + ")")
-    if len(markers) > 1:  # the legend says which marker is which method
-        for m, marker in markers.items():
-            ax.scatter([], [], marker=marker, facecolors="none", edgecolors="k",
-                       label=f"method {m}")
+    _method_legend(ax, markers)
     _baseline_lines(ax, records, metric, min(p[0] for p in pts))
     if log_y and metric == "ppl":
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -132,6 +125,25 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _ppl_cap(records: Sequence[dict[str, Any]], metric: str,
+             pts: Sequence[tuple[float, float]]) -> float | None:
+    """CLIP x the baseline's perplexity when some row is above it (perplexity plots), else
+    None."""
+    base_ppl = [summary_row(r)["ppl"] for r in records
+                if r.get("baseline") and summary_row(r).get("ppl")]
+    if metric == "ppl" and base_ppl and max(p[1] for p in pts) > CLIP * base_ppl[0]:
+        return CLIP * base_ppl[0]
+    return None
+
+
+def _method_legend(ax: Any, markers: dict[str, str]) -> None:
+    """Legend entries saying which marker is which method (when there are several)."""
+    if len(markers) > 1:
+        for m, marker in markers.items():
+            ax.scatter([], [], marker=marker, facecolors="none", edgecolors="k",
+                       label=f"method {m}")
 
 
 def _baseline_lines(ax: Any, records: Sequence[dict[str, Any]], metric: str, x0: float) -> None:
