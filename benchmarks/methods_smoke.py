@@ -1,8 +1,8 @@
-"""Smoke figures for the methods: RTN, GPTQ, HQQ and AWQ on SmolLM2-135M at 4 and 3 bits.
+"""Smoke figures for the methods: RTN, GPTQ, HQQ, AWQ and rtn-imatrix on SmolLM2-135M.
 
-For each scheme and method: quantize the built-in model (GPTQ calibrates on the calibration
-text only, never an evaluation text), then the KL divergence of its next-token distribution
-from the float model's on a few windows of an evaluation text, and the wall time of the
+For each scheme and method: quantize the built-in model (data-aware methods calibrate on the
+calibration text only, never an evaluation text), then the KL divergence of its next-token
+distribution from the float model's on a few windows of an evaluation text, and the wall time of the
 quantization. This is a smoke check that the methods work end to end, not the peer comparison
 benchmark (AutoGPTQ/llm-compressor/HQQ/llama.cpp on the same schemes), which comes later.
 
@@ -23,7 +23,7 @@ RESULTS = Path(__file__).parent / "results" / "methods_smoke.md"
 MODEL = "smollm2-135m"
 SCHEMES = ["int4-asym-g64", "int3-asym-g64"]
 METHODS = {"rtn": {}, "gptq": {}, "gptq-actorder": {}, "hqq": {}, "hqq+scale": {
-    "refine_scale": True}, "awq": {}}
+    "refine_scale": True}, "awq": {}, "rtn-imatrix": {}}
 CALIBRATION_TEXT = "moby-dick-ch001-060.txt"  # calibration only
 EVAL_TEXT = "moby-dick-ch061-100.txt"  # evaluation only
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, ...]) -> str:
     lines = [
-        "# Methods smoke test: RTN, GPTQ, HQQ, AWQ on SmolLM2-135M",
+        f"# Methods smoke test: {', '.join(args.methods)} on SmolLM2-135M",
         "",
         "A smoke check that each method runs end to end and moves the KL divergence the right",
         "way; **not** the peer comparison (AutoGPTQ / llm-compressor / HQQ / llama.cpp's imatrix",
@@ -76,11 +76,12 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, ...]) 
         "",
         f"- model: {MODEL} (float32 from its GGUF; its weights lie on a Q4_1 grid, so",
         "  int4-asym-g32 would be an artifact; g64 is not)",
-        f"- calibration (GPTQ and AWQ only): {CALIBRATION_TEXT}, {args.cal_windows} windows x "
-        f"{args.cal_length} tokens",
+        f"- calibration (data-aware methods only): {CALIBRATION_TEXT}, {args.cal_windows} "
+        f"windows x {args.cal_length} tokens",
         f"- evaluation: {EVAL_TEXT}, first {args.eval_windows * args.context} tokens, context "
         f"{args.context} (llama.cpp-style windows, second half scored)",
-        "- time: wall seconds of `lowbit.quantize` (calibration included for GPTQ and AWQ), CPU, "
+        "- time: wall seconds of `lowbit.quantize` (calibration included for data-aware "
+        "methods), CPU, "
         f"{torch.get_num_threads()} torch threads, load average at start "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (the machine is shared: times are "
         "upper bounds)",
@@ -97,7 +98,8 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, ...]) 
                      f"({r['ppl_base']:.2f}) | {r['seconds']:.1f} |")
     lines += ["", "`hqq+scale` is HQQ with `refine_scale=True`; `gptq-actorder` is GPTQ with "
               "act-order. Defaults otherwise (GPTQ: 1 % damping, blocks of 128; HQQ: p = 0.7, "
-              "20 rounds, beta 10, kappa 1.01)."]
+              "20 rounds, beta 10, kappa 1.01; rtn-imatrix: 21 clipping factors 1 to 0.5, "
+              "x2_mean from the calibration)."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,8 @@ Tensors: ``quantize_tensor(w, "int4-asym-g128") -> QTensor``, ``Scheme.parse(nam
 Models: ``load_model(source)``, ``quantize(model, scheme, method=..., calibration=...)``,
 ``save(model, dir)``, ``load(dir)``, ``generate(model, tokenizer, prompt)``.
 Methods: ``available_methods()``, ``register_method(name, fn, needs=...)``; calibration data:
-``Calibration.from_text(tokenizer, text)``.
+``Calibration.from_text(tokenizer, text)``, ``Calibration.from_texts(tokenizer, texts,
+tokens=N)``.
 
 ``import lowbit`` itself imports nothing heavy: torch is imported with the first name that needs
 it, transformers and safetensors only when a model function runs.
@@ -71,7 +72,8 @@ def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
     """Replace a model's nn.Linear layers by packed QuantLinear layers, in place.
 
     ``method``: a registered method (default ``"rtn"``); a data-aware one needs
-    ``calibration=Calibration.from_text(tokenizer, text)`` and runs block by block. See
+    ``calibration=Calibration.from_texts(tokenizer, texts)`` and runs block by block; one that
+    needs only ``x2_mean`` (``rtn-imatrix``) may take ``imatrix=PATH`` (llama.cpp) instead. See
     :func:`lowbit.pipeline.inmemory.quantize` for ``exclude``, ``overrides``, ``keep_dtype``.
     """
     from lowbit.pipeline.inmemory import quantize as _quantize

@@ -58,20 +58,35 @@ def test_errors(tiny_tokenizer, calib_text: Path, tmp_path: Path) -> None:
         Calibration(torch.zeros(2, 3, dtype=torch.long), batch_size=0)
 
 
-def test_from_texts_shares_the_windows_among_the_texts(tiny_tokenizer, calib_text: Path,
-                                                       tmp_path: Path) -> None:
+def test_from_texts_shares_windows_between_texts_in_order(tiny_tokenizer, calib_text: Path,
+                                                          tmp_path: Path) -> None:
     other = tmp_path / "other.txt"
-    other.write_text(calib_text.read_text()[::-1], encoding="utf-8")
-    cal = Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=5 * 40, length=40,
-                                 batch_size=3)
+    other.write_text("The sea was calm and the ship rode the long swell all night. " * 20,
+                     encoding="utf-8")
+    cal = Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=5 * 40 + 7,
+                                 length=40, batch_size=3)
     first = Calibration.from_text(tiny_tokenizer, calib_text, windows=3, length=40)
     second = Calibration.from_text(tiny_tokenizer, other, windows=2, length=40)
     assert torch.equal(cal.tokens, torch.cat([first.tokens, second.tokens]))
-    assert cal.batch_size == 3 and "calib.txt" in cal.source and "other.txt" in cal.source
-    one = Calibration.from_texts(tiny_tokenizer, [calib_text], tokens=130, length=40)
+    assert cal.batch_size == 3 and cal.n_tokens == 200
+    again = Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=207, length=40)
+    assert again.fingerprint()["sha256"] == cal.fingerprint()["sha256"]
+    sources = cal.fingerprint()["sources"]
+    assert sources == [{"text": str(calib_text), "windows": 3},
+                       {"text": str(other), "windows": 2}]
+    assert "calib.txt + " in cal.source and "other.txt (5 x 40 tokens)" in cal.source
+    one = Calibration.from_texts(tiny_tokenizer, [calib_text], tokens=120, length=40)
     assert torch.equal(one.tokens, Calibration.from_text(tiny_tokenizer, calib_text, windows=3,
                                                          length=40).tokens)
-    with pytest.raises(ValueError, match="fewer than one per text"):
-        Calibration.from_texts(tiny_tokenizer, [calib_text, other], tokens=40, length=40)
+
+
+def test_from_texts_errors_name_what_is_wrong(tiny_tokenizer, calib_text: Path,
+                                              tmp_path: Path) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.", encoding="utf-8")
     with pytest.raises(ValueError, match="at least one text"):
-        Calibration.from_texts(tiny_tokenizer, [], tokens=40, length=40)
+        Calibration.from_texts(tiny_tokenizer, [], tokens=100, length=10)
+    with pytest.raises(ValueError, match="at least 80 tokens"):
+        Calibration.from_texts(tiny_tokenizer, [calib_text, calib_text], tokens=60, length=40)
+    with pytest.raises(ValueError, match="short.txt"):
+        Calibration.from_texts(tiny_tokenizer, [calib_text, short], tokens=160, length=40)

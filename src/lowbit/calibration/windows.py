@@ -1,9 +1,11 @@
-"""Calibration tokens: fixed-length windows cut from a named text.
+"""Calibration tokens: fixed-length windows cut from one or more named texts.
 
-The text is always named by the caller (a file under the data folder's ``text/`` or a path).
+Texts are always named by the caller (files under the data folder's ``text/`` or paths).
 The CLI's default is ``moby-dick-ch001-060.txt`` (:data:`lowbit.data.DEFAULT_CALIBRATION_TEXT`):
 chapters 1-60 of Moby-Dick, kept apart from the evaluation texts (chapters 61-100 and the
 2000-2015 State of the Union addresses), so calibration never sees what is measured.
+:meth:`Calibration.from_texts` draws a total number of tokens from several texts, an equal share
+of windows from each, in the order given (deterministic: no random sampling).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 DEFAULT_WINDOWS = 32
 DEFAULT_LENGTH = 512
 DEFAULT_BATCH = 4
+DEFAULT_TOKENS = DEFAULT_WINDOWS * DEFAULT_LENGTH  # the CLI's --calib-tokens default
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Calibration:
     tokens: torch.Tensor
     batch_size: int = DEFAULT_BATCH
     source: str = "tokens"
+    sources: tuple[tuple[str, int], ...] = ()  # (text, windows cut from it), in token order
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokens, torch.Tensor) or self.tokens.dim() != 2 \
@@ -48,9 +52,13 @@ class Calibration:
         import hashlib
 
         data = self.tokens.to(device="cpu", dtype=torch.int64).contiguous().numpy()
-        return {"source": self.source, "windows": int(self.tokens.shape[0]),
-                "length": int(self.tokens.shape[1]),
-                "sha256": hashlib.sha256(data.astype("<i8").tobytes()).hexdigest()}
+        out: dict[str, object] = {
+            "source": self.source, "windows": int(self.tokens.shape[0]),
+            "length": int(self.tokens.shape[1]),
+            "sha256": hashlib.sha256(data.astype("<i8").tobytes()).hexdigest()}
+        if self.sources:
+            out["sources"] = [{"text": t, "windows": n} for t, n in self.sources]
+        return out
 
     def batches(self) -> list[torch.Tensor]:
         """The windows in batches of ``batch_size`` (the last one may be smaller)."""
@@ -65,42 +73,51 @@ class Calibration:
         The text is tokenized once as the evaluation does (no special tokens; BOS written over
         each window's first token when the tokenizer adds one) and cut into non-overlapping
         windows; ValueError when it is too short."""
-        from lowbit.data import read_text
-        from lowbit.eval.perplexity import tokenize, tokenizer_adds_bos
-
         if windows < 1 or length < 2:
             raise ValueError(f"calibration needs windows >= 1 and length >= 2, got "
                              f"windows={windows}, length={length}")
-        ids = torch.tensor(tokenize(tokenizer, read_text(text), add_bos=False), dtype=torch.int64)
-        available = ids.numel() // length
-        if available < windows:
-            raise ValueError(f"calibration text {str(text)!r} has {ids.numel()} tokens: "
-                             f"{available} windows of {length}, fewer than the {windows} asked "
-                             "for; use fewer or shorter windows, or a longer text")
-        starts = torch.linspace(0, available - 1, windows).round().long() * length
-        tokens = torch.stack([ids[s:s + length] for s in starts.tolist()])
-        if tokenizer_adds_bos(tokenizer):
-            tokens[:, 0] = int(tokenizer.bos_token_id)
-        return cls(tokens, batch_size, f"{os.fspath(text)} ({windows} x {length} tokens)")
+        tokens = text_windows(tokenizer, text, windows, length)
+        return cls(tokens, batch_size, f"{os.fspath(text)} ({windows} x {length} tokens)",
+                   ((os.fspath(text), windows),))
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: Sequence[str | os.PathLike[str]], *,
-                   tokens: int = DEFAULT_WINDOWS * DEFAULT_LENGTH, length: int = DEFAULT_LENGTH,
+                   tokens: int = DEFAULT_TOKENS, length: int = DEFAULT_LENGTH,
                    batch_size: int = DEFAULT_BATCH) -> Calibration:
-        """About ``tokens`` tokens (``tokens // length`` windows) from several named texts: the
-        windows are shared out as evenly as possible (earlier texts get the remainder) and each
-        text's share is cut as :meth:`from_text` cuts it."""
-        if not texts:
+        """About ``tokens`` tokens (``tokens // length`` windows of ``length``) drawn from all of
+        ``texts``: the windows are shared out equally (the first texts take one more when they
+        do not divide evenly), each text's spread evenly over it as :meth:`from_text` does, and
+        concatenated in the order the texts are given."""
+        names = [os.fspath(t) for t in texts] if not isinstance(texts, (str, os.PathLike)) \
+            else [os.fspath(texts)]
+        if not names:
             raise ValueError("calibration needs at least one text")
-        windows = tokens // length if length > 0 else 0
-        if windows < len(texts):
-            raise ValueError(f"calibration: {tokens} tokens make {max(windows, 0)} windows of "
-                             f"{length}, fewer than one per text ({len(texts)} texts)")
-        if len(texts) == 1:
-            return cls.from_text(tokenizer, texts[0], windows=windows, length=length,
-                                 batch_size=batch_size)
-        share = [windows // len(texts) + (i < windows % len(texts)) for i in range(len(texts))]
-        parts = [cls.from_text(tokenizer, t, windows=n, length=length, batch_size=batch_size)
-                 for t, n in zip(texts, share, strict=True)]
-        return cls(torch.cat([p.tokens for p in parts]), batch_size,
-                   " + ".join(p.source for p in parts))
+        if length < 2 or tokens < length * len(names):
+            raise ValueError(f"calibration tokens={tokens} with length={length} gives fewer "
+                             f"windows than the {len(names)} text(s) named; ask for at least "
+                             f"{len(names) * max(length, 2)} tokens (and length >= 2)")
+        windows = tokens // length
+        shares = [windows // len(names) + (i < windows % len(names)) for i in range(len(names))]
+        parts = [text_windows(tokenizer, t, n, length) for t, n in zip(names, shares)]
+        source = " + ".join(names) + f" ({windows} x {length} tokens)"
+        return cls(torch.cat(parts), batch_size, source, tuple(zip(names, shares)))
+
+
+def text_windows(tokenizer: Any, text: str | os.PathLike[str], windows: int,
+                 length: int) -> torch.Tensor:
+    """(windows, length) int64 token ids evenly spread over the named text (see
+    :meth:`Calibration.from_text`); ValueError naming the text when it is too short."""
+    from lowbit.data import read_text
+    from lowbit.eval.perplexity import tokenize, tokenizer_adds_bos
+
+    ids = torch.tensor(tokenize(tokenizer, read_text(text), add_bos=False), dtype=torch.int64)
+    available = ids.numel() // length
+    if available < windows:
+        raise ValueError(f"calibration text {str(text)!r} has {ids.numel()} tokens: "
+                         f"{available} windows of {length}, fewer than the {windows} asked "
+                         "for; use fewer or shorter windows, or a longer text")
+    starts = torch.linspace(0, available - 1, windows).round().long() * length
+    tokens = torch.stack([ids[s:s + length] for s in starts.tolist()])
+    if tokenizer_adds_bos(tokenizer):
+        tokens[:, 0] = int(tokenizer.bos_token_id)
+    return tokens

@@ -18,7 +18,9 @@ def _human(nbytes: float) -> str:
 
 def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[str, str]):
     """Run the quantization the options ask for: the streaming path for a data-free method on a
-    safetensors folder, else the loaded model (with calibration for a data-aware method)."""
+    safetensors folder, else the loaded model (with calibration, or the --imatrix file, for a
+    data-aware method). Returns the report and the calibration (None without one)."""
+    from lowbit.commands.calibration_options import calibration_from_args
     from lowbit.methods import get_method
     from lowbit.models import load_model
     from lowbit.pipeline.inmemory import quantize
@@ -29,29 +31,20 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     keep = parse_dtype(args.keep_dtype)
     common = {"exclude": args.exclude, "overrides": overrides, "keep_dtype": keep,
               "method": method, "strict": args.strict}
-    if source.kind in ("hf", "builtin") and not method.data_aware:
+    if args.imatrix and args.calib:
+        raise ValueError("give --imatrix or --calib, not both: the imatrix file replaces "
+                         "running calibration text through the model")
+    if source.kind in ("hf", "builtin") and not method.data_aware and not args.imatrix:
         return quantize_folder(source.path, args.scheme, out, force=args.force,
                                source_info=source.to_dict(), **common), None
     model, tokenizer = load_model(args.source)
     calibration = None
-    if method.data_aware:
-        calibration = _calibration(args, tokenizer)
-    report = quantize(model, args.scheme, calibration=calibration, **common)
+    if method.data_aware and not args.imatrix:
+        calibration = calibration_from_args(args, tokenizer, what=f"method {args.method!r}")
+    report = quantize(model, args.scheme, calibration=calibration, imatrix=args.imatrix,
+                      **common)
     save(model, out, tokenizer=tokenizer, force=args.force, layer_info=report.layers)
     return report, calibration
-
-
-def _calibration(args: argparse.Namespace, tokenizer):
-    from lowbit.calibration import Calibration
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT
-
-    if tokenizer is None:
-        raise ValueError(f"{args.source} has no tokenizer, and method {args.method!r} needs one "
-                         "to tokenize its calibration text")
-    return Calibration.from_text(tokenizer, args.calibration_text or DEFAULT_CALIBRATION_TEXT,
-                                 windows=args.calibration_windows,
-                                 length=args.calibration_length,
-                                 batch_size=args.calibration_batch)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -83,6 +76,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"method           {args.method}" + "".join(f"  {k}={v}" for k, v in settings.items()))
     if calibration is not None:
         print(f"calibration      {calibration.source}")
+    if args.imatrix:
+        print(f"imatrix          {args.imatrix}")
     print(f"quantized layers {len(report.layers)} ({report.params / 1e6:.1f} M weights)")
     print(f"fp16 size        {_human(float_bytes)} (quantized layers)")
     print(f"quantized size   {_human(report.nbytes)} "
@@ -179,8 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_method_arguments(p: argparse.ArgumentParser) -> None:
-    from lowbit.calibration.windows import DEFAULT_BATCH, DEFAULT_LENGTH, DEFAULT_WINDOWS
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.commands.calibration_options import add_calibration_arguments
     from lowbit.methods import available_methods
 
     p.add_argument("--method", default="rtn", choices=available_methods(),
@@ -190,16 +184,11 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-option", action="append", metavar="KEY=VALUE",
                    help="an option of the method, e.g. damp=0.02 or actorder=true for gptq, "
                         "refine_scale=true or iters=40 for hqq (repeatable)")
-    g = p.add_argument_group("calibration (data-aware methods only)")
-    g.add_argument("--calibration-text", metavar="TEXT",
-                   help=f"text file (name under the data folder's text/, or a path); default "
-                        f"{DEFAULT_CALIBRATION_TEXT}, which is not one of the evaluation texts")
-    g.add_argument("--calibration-windows", type=int, default=DEFAULT_WINDOWS, metavar="N",
-                   help=f"number of token windows (default {DEFAULT_WINDOWS})")
-    g.add_argument("--calibration-length", type=int, default=DEFAULT_LENGTH, metavar="TOKENS",
-                   help=f"tokens per window (default {DEFAULT_LENGTH})")
-    g.add_argument("--calibration-batch", type=int, default=DEFAULT_BATCH, metavar="N",
-                   help=f"windows run through the model at once (default {DEFAULT_BATCH})")
+    add_calibration_arguments(p)
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="llama.cpp importance matrix (llama-imatrix -o FILE, .dat) to read each "
+                        "layer's x2_mean from instead of calibrating; for methods that need "
+                        "only that (rtn-imatrix)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,5 @@
-"""``lowbit sweep``: quantize and evaluate a model under each scheme; results, plots, report."""
+"""``lowbit sweep``: quantize and evaluate a model under each (method, scheme) pair; results,
+plots, report."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import sys
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from lowbit.commands.calibration_options import calib_tokens, calibration_from_args
     from lowbit.commands.evaluate import check_data, settings_from_args
     from lowbit.report.sweep import run_sweep
 
-    schemes = [s.strip() for item in args.schemes for s in item.split(",") if s.strip()]
+    schemes = _names(args.schemes)
+    methods = _names(args.methods or ["rtn"])
     if not schemes:
         raise ValueError("--schemes: give at least one scheme name")
+    if not methods:
+        raise ValueError("--methods: give at least one method name")
     settings = settings_from_args(args)
     check_data(settings)
+    calib_tokens(args)  # conflicting calibration options fail before any work
+
+    def calibration(tokenizer):
+        return calibration_from_args(args, tokenizer, what="a data-aware method")
+
     result = run_sweep(args.model, schemes, args.output, settings=settings,
                        baseline_rows=not args.no_baseline_rows, cache_logits=not args.no_cache,
-                       force=args.force, progress=not args.no_progress, strict=args.strict)
+                       force=args.force, progress=not args.no_progress, strict=args.strict,
+                       methods=methods, calibration=calibration)
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     print(f"\n{len(result.ran)} rows evaluated now, {len(result.records) - len(result.ran)} "
           f"from earlier runs, in {result.seconds:.0f} s")
@@ -25,13 +36,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(items: list[str]) -> list[str]:
+    """Comma-separated, repeatable option values as one list of names."""
+    return [s.strip() for item in items for s in item.split(",") if s.strip()]
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lowbit.commands.calibration_options import add_calibration_arguments
     from lowbit.commands.evaluate import add_eval_options
 
-    p = sub.add_parser("sweep", help="quantize and evaluate a model under each of many schemes")
+    p = sub.add_parser("sweep", help="quantize and evaluate a model under each of many schemes "
+                                     "(and methods)")
     p.add_argument("model", help="Hugging Face folder, .gguf or built-in name")
     p.add_argument("--schemes", required=True, action="append", metavar="LIST",
                    help="comma-separated scheme names (repeatable)")
+    p.add_argument("--methods", action="append", metavar="LIST",
+                   help="comma-separated method names, e.g. rtn,gptq,awq,hqq (repeatable; "
+                        "default rtn): every (method, scheme) pair is a row")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes)")
     add_eval_options(p)
     p.add_argument("--no-baseline-rows", action="store_true",
@@ -43,4 +64,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="stop when a scale format saturates or underflows on some block of a "
                         "row (rows already finished are kept), instead of warning")
+    add_calibration_arguments(p)
     p.set_defaults(handler=cmd_sweep)

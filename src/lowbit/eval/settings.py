@@ -41,6 +41,14 @@ class EvalSettings:
 
 
 
+def record_method(rec: dict[str, Any]) -> str | None:
+    """The method of a result record: its ``method``, ``rtn`` for a quantized row written
+    before methods were recorded, None for a reference row."""
+    if rec.get("method"):
+        return rec["method"]
+    return "rtn" if rec.get("scheme") else None
+
+
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     """The flat figures of a record that tables and plots show (None where not measured)."""
     s = rec.get("summary") or {}
@@ -54,6 +62,7 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": rec["name"],
         "scheme": rec.get("scheme"),
+        "method": record_method(rec),
         "bits_per_weight": rec.get("bits_per_weight"),
         "disk_mb": rec["disk_bytes"] / 1e6 if rec.get("disk_bytes") is not None else None,
         "ppl": s.get("ppl"),

@@ -9,6 +9,7 @@ blocks before them produce.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -81,15 +82,15 @@ def round_kept_tensors(model: nn.Module, keep_dtype: torch.dtype,
 
 def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
              stats: LayerStats | None, report: QuantizeReport, strict: bool = False,
-             calibration: Calibration | None = None) -> None:
+             data: dict[str, Any] | None = None) -> None:
     """Quantize Linear ``name`` through the driver and put a QuantLinear in its place; the
-    record names the calibration a data-aware method ran on."""
+    record names the data a data-aware method ran on (``data``: {"calibration": fingerprint}
+    or {"imatrix": fingerprint})."""
     linear = model.get_submodule(name)
     qt, record = quantize_layer(name, linear.weight.detach(), scheme, method, stats,
                                 strict=strict)
-    if calibration is not None:
-        record = replace(record, method_settings={**(record.method_settings or {}),
-                                                  "calibration": calibration.fingerprint()})
+    if data is not None:
+        record = replace(record, method_settings={**(record.method_settings or {}), **data})
     set_submodule(model, name, QuantLinear(qt, linear.bias, method=record.method))
     report.add(record)
 
@@ -100,6 +101,7 @@ def quantize(
     *,
     method: str | Method = "rtn",
     calibration: Calibration | None = None,
+    imatrix: str | os.PathLike[str] | None = None,
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, Scheme | str] | None = None,
     keep_dtype: torch.dtype = torch.float16,
@@ -108,30 +110,30 @@ def quantize(
 ) -> QuantizeReport:
     """Replace the model's nn.Linear layers by QuantLinear, in place, using ``method`` (a
     registered name, see :mod:`lowbit.methods`). A data-aware method needs ``calibration``
-    (:class:`lowbit.calibration.Calibration`). See :func:`plan_layers` for ``exclude`` and
-    ``overrides``. Parameters left in float are rounded to ``keep_dtype``. A scale format that
-    saturates or underflows is a QuantRangeWarning (recorded per layer), a ValueError when
-    ``strict``."""
+    (:class:`lowbit.calibration.Calibration`), or, when it needs only ``x2_mean``
+    (``rtn-imatrix``), ``imatrix``: a llama.cpp importance-matrix file read instead. See
+    :func:`plan_layers` for ``exclude`` and ``overrides``. Parameters left in float are
+    rounded to ``keep_dtype``. A scale format that saturates or underflows is a
+    QuantRangeWarning (recorded per layer), a ValueError when ``strict``."""
     from tqdm import tqdm
 
     from lowbit.calibration.sequential import calibrate_sequential
 
     plan = plan_layers(model, scheme, exclude=exclude, overrides=overrides).quantized
     chosen = get_method(method)
-    if chosen.data_aware and calibration is None:
-        raise ValueError(f"method {chosen.name!r} needs calibration statistics "
-                         f"({', '.join(sorted(chosen.needs))}); pass calibration="
-                         "Calibration.from_text(tokenizer, text)")
+    _check_data(chosen, calibration, imatrix)
     report = QuantizeReport()
     t0 = time.perf_counter()
     # first, so that calibration runs through the kept tensors as they will be stored
     round_kept_tensors(model, keep_dtype, skip=plan)
-    if chosen.data_aware:
+    if imatrix is not None:
+        _quantize_from_imatrix(model, plan, chosen, imatrix, report, strict, progress)
+    elif chosen.data_aware:
 
         def on_block(stats: dict[str, LayerStats]) -> None:
             for name, layer_stats in stats.items():
                 _replace(model, name, plan[name], chosen, layer_stats, report, strict,
-                         calibration)
+                         {"calibration": calibration.fingerprint()})
 
         def prepare(block: nn.Module, prefix: str, stats: dict[str, LayerStats]) -> bool:
             cut = len(prefix) + 1
@@ -152,3 +154,42 @@ def quantize(
     report.seconds = time.perf_counter() - t0
     log.info("quantized %d layers with %s in %.1f s", len(plan), chosen.name, report.seconds)
     return report
+
+
+def _check_data(method: Method, calibration: Calibration | None,
+                imatrix: str | os.PathLike[str] | None) -> None:
+    """The data ``method`` needs is there: calibration, or an imatrix for an ``x2_mean``-only
+    method; ValueError saying what to pass otherwise."""
+    if imatrix is None:
+        if method.data_aware and calibration is None:
+            raise ValueError(f"method {method.name!r} needs calibration statistics "
+                             f"({', '.join(sorted(method.needs))}); pass calibration="
+                             "Calibration.from_texts(tokenizer, texts)")
+        return
+    if calibration is not None:
+        raise ValueError("give calibration or imatrix, not both: an imatrix file replaces "
+                         "running calibration text through the model")
+    if not method.data_aware:
+        raise ValueError(f"method {method.name!r} uses no data, so an imatrix would be "
+                         "ignored; use method 'rtn-imatrix' to quantize with it")
+    if method.needs != {"x2_mean"} or method.prepare_block is not None:
+        raise ValueError(f"method {method.name!r} needs {sorted(method.needs)}"
+                         + (" and changes the model block by block" if method.prepare_block
+                            else "")
+                         + "; an imatrix file holds only x2_mean (each input column's mean "
+                           "of x^2): calibrate on text instead, or use method 'rtn-imatrix'")
+
+
+def _quantize_from_imatrix(model: nn.Module, plan: Mapping[str, Scheme], method: Method,
+                           path: str | os.PathLike[str], report: QuantizeReport, strict: bool,
+                           progress: bool) -> None:
+    """Quantize every planned Linear with its ``x2_mean`` read from the imatrix file."""
+    from tqdm import tqdm
+
+    from lowbit.calibration.imatrix import imatrix_fingerprint, imatrix_stats, load_imatrix
+
+    imx = load_imatrix(path)
+    stats = imatrix_stats(model, plan, imx, source=f"imatrix {os.fspath(path)!r}")
+    data = {"imatrix": imatrix_fingerprint(path, imx)}
+    for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
+        _replace(model, name, plan[name], method, stats[name], report, strict, data)

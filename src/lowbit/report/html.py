@@ -55,7 +55,8 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, s
         cls = ("artifact" if summary_row(rec)["artifact"] else
                "baseline" if rec.get("baseline") else "")
         tds = "".join(
-            f"<td>{esc(c)}</td>" if h in ("scheme", "note") else f'<td class="num">{esc(c)}</td>'
+            f"<td>{esc(c)}</td>" if h in ("scheme", "method", "note")
+            else f'<td class="num">{esc(c)}</td>'
             for h, c in zip(headers, cells))
         body.append(f'<tr class="{cls}">{tds}</tr>')
     body.append("</tbody></table>")

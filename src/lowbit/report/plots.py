@@ -14,6 +14,13 @@ from lowbit.eval.settings import summary_row
 
 DPI = 90
 CLIP = 10.0  # perplexity plots: rows above CLIP x the baseline's are drawn at that height
+MARKERS = ("o", "s", "D", "v", "P", "X", "*", "h")  # one per method, in order of appearance
+
+
+def method_markers(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """A marker for each method among ``rows`` (summary rows), in order of appearance."""
+    methods = list(dict.fromkeys(r["method"] or "" for r in rows))
+    return {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
 
 
 def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]]) -> None:
@@ -78,19 +85,17 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     front = pareto_front(pts)
     # Perplexity: rows past CLIP x the baseline's are drawn at that height (marked ^, value in
     # the label) so that a collapsed format does not squash the others into one line.
-    cap = None
-    base_ppl = [summary_row(r)["ppl"] for r in records
-                if r.get("baseline") and summary_row(r).get("ppl")]
-    if metric == "ppl" and base_ppl and max(p[1] for p in pts) > CLIP * base_ppl[0]:
-        cap = CLIP * base_ppl[0]
+    cap = _ppl_cap(records, metric, pts)
     labels = []
+    markers = method_markers(rows)
     for r, on in zip(rows, front):
         x, y = r["bits_per_weight"], r[metric]
         text = r["name"] + (" (artifact)" if r["artifact"] else "")
         if cap is not None and y > cap:
             text += f" (PPL {y:.3g}, off scale)"
             y = cap
-        ax.scatter([x], [y], s=46 if on else 26, zorder=3, marker="^" if y == cap else "o",
+        ax.scatter([x], [y], s=46 if on else 26, zorder=3,
+                   marker="^" if y == cap else markers[r["method"] or ""],
                    facecolors="none" if r["artifact"] else ("C3" if on else "C0"),
                    edgecolors="C3" if on else "C0")
         labels.append((x, y, text))
@@ -101,6 +106,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fx = sorted((p for p, on in zip(pts, front) if on))
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "-", color="C3", lw=1.2, zorder=2,
             label="Pareto front (fewer bits, lower " + ylabel.split(" (")[0] + ")")
+    _method_legend(ax, markers)
     _baseline_lines(ax, records, metric, min(p[0] for p in pts))
     if log_y and metric == "ppl":
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -119,6 +125,25 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _ppl_cap(records: Sequence[dict[str, Any]], metric: str,
+             pts: Sequence[tuple[float, float]]) -> float | None:
+    """CLIP x the baseline's perplexity when some row is above it (perplexity plots), else
+    None."""
+    base_ppl = [summary_row(r)["ppl"] for r in records
+                if r.get("baseline") and summary_row(r).get("ppl")]
+    if metric == "ppl" and base_ppl and max(p[1] for p in pts) > CLIP * base_ppl[0]:
+        return CLIP * base_ppl[0]
+    return None
+
+
+def _method_legend(ax: Any, markers: dict[str, str]) -> None:
+    """Legend entries saying which marker is which method (when there are several)."""
+    if len(markers) > 1:
+        for m, marker in markers.items():
+            ax.scatter([], [], marker=marker, facecolors="none", edgecolors="k",
+                       label=f"method {m}")
 
 
 def _baseline_lines(ax: Any, records: Sequence[dict[str, Any]], metric: str, x0: float) -> None:
@@ -148,20 +173,22 @@ def _int_parts(scheme: str) -> tuple[int, str, str] | None:
 
 def plot_sym_asym(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     """Grouped bars: mean relative weight error and KL of symmetric vs asymmetric integer schemes,
-    for each bit width and granularity measured both ways; None when no such pair."""
-    cells: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for each bit width, granularity and method measured both ways; None when no such pair."""
+    cells: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = {}
     for rec in _quantized(records):
         parts = _int_parts(rec["scheme"])
         if parts:
             bits, kind, gran = parts
-            cells.setdefault((bits, gran), {})[kind] = summary_row(rec)
+            row = summary_row(rec)
+            cells.setdefault((bits, gran, row["method"]), {})[kind] = row
     pairs = sorted(((k, v) for k, v in cells.items() if len(v) == 2),
-                   key=lambda kv: (-kv[0][0], kv[0][1]))
+                   key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2]))
     if not pairs:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), dpi=DPI)
-    labels = [f"int{b} {g}" for (b, g), _ in pairs]
+    several = len({m for (_, _, m), _ in pairs}) > 1
+    labels = [f"int{b} {g}" + (f" {m}" if several else "") for (b, g, m), _ in pairs]
     xs = range(len(pairs))
     for ax, key, title in ((axes[0], "weight_rel_error", "mean relative weight error"),
                            (axes[1], "kld_mean", "KL divergence from baseline (mean)")):
@@ -182,7 +209,8 @@ def plot_sym_asym(records: Sequence[dict[str, Any]], path: str | Path) -> Path |
 
 
 def plot_layer_error(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
-    """Relative weight error of every linear layer (in model order), one line per scheme."""
+    """Relative weight error of every linear layer (in model order), one line per row (scheme
+    and, for a method other than rtn, the method: the row's name)."""
     recs = [r for r in _quantized(records)
             if any(v.get("rel_error") for v in r["weight_error"]["layers"].values())]
     if not recs:

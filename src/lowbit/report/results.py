@@ -100,6 +100,7 @@ def note(row: dict[str, Any]) -> str:
 
 MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("scheme", "name", "s"),
+    ("method", "method", "s"),
     ("bits/w", "bits_per_weight", ".3f"),
     ("size MB", "disk_mb", ".1f"),
     ("PPL", "ppl", ".3f"),
@@ -187,7 +188,7 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str | None = No
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("name", "scheme", "bits_per_weight", "disk_mb", "ppl", "ppl_change_pct",
+CSV_FIELDS = ("name", "scheme", "method", "bits_per_weight", "disk_mb", "ppl", "ppl_change_pct",
               "kld_mean", "kld_median", "kld_p99", "top1_pct", "choice_acc_pct", "choice_ci_pct",
               "choice_agree_pct", "weight_rel_error", "prefill_tok_s", "decode_tok_s",
               "peak_rss_mb", "artifact", "on_grid_layers", "exact_layers", "n_layers",

@@ -1,5 +1,6 @@
-"""The grid runner behind ``lowbit sweep``: quantize one model under each scheme, evaluate it
-against the float baseline, append the record to ``DIR/results.jsonl`` as each finishes (a rerun
+"""The grid runner behind ``lowbit sweep``: quantize one model under each (method, scheme) pair
+(rows: :mod:`lowbit.report.rows`; data-aware methods all calibrate on the same tokens), evaluate
+it against the float baseline, append the record to ``DIR/results.jsonl`` as each finishes (a rerun
 resumes), then write ``results.csv``, ``results.md``, the PNG plots and ``report.html``.
 
 The baseline is loaded once; its logits (the scored rows of every window) are stored once under
@@ -16,16 +17,16 @@ import gc
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lowbit.eval.reference import prepare_reference
-from lowbit.eval.settings import EvalSettings
+from lowbit.eval.settings import EvalSettings, record_method
 from lowbit.eval.suite import evaluate
 from lowbit.report.results import (
     BASELINE_LABEL,
@@ -36,10 +37,15 @@ from lowbit.report.results import (
     render_markdown,
     write_csv,
 )
+from lowbit.report.rows import DEFAULT_METHOD, Row, plan_rows
 from lowbit.storage.lock import output_lock
+
+if TYPE_CHECKING:
+    from lowbit.calibration.windows import Calibration
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "base-logits"
+MakeCalibration = Callable[[Any], "Calibration"]  # the tokenizer -> the calibration
 
 
 @dataclass(frozen=True)
@@ -56,16 +62,10 @@ class SweepOutput:
     seconds: float
 
 
-def row_names(schemes: Sequence[str], *, baseline_rows: bool = True) -> list[str]:
-    """The rows a sweep makes: the two reference rows, then each scheme once, in order."""
-    from lowbit.core.scheme import Scheme
-
-    names = [BASELINE_LABEL, KEPT16_LABEL] if baseline_rows else []
-    for s in schemes:
-        Scheme.parse(s)  # a bad name fails before any work
-        if s not in names:
-            names.append(s)
-    return names
+def row_names(schemes: Sequence[str], *, baseline_rows: bool = True,
+              methods: Sequence[str] = (DEFAULT_METHOD,)) -> list[str]:
+    """The names of the rows a sweep makes (see :func:`lowbit.report.rows.plan_rows`)."""
+    return [r.name for r in plan_rows(schemes, methods, baseline_rows=baseline_rows)]
 
 
 def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path: Path,
@@ -80,10 +80,12 @@ def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path:
             )
 
 
-def _make_row(base: nn.Module, name: str, strict: bool = False
+def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: str | None = None,
+              method: str = DEFAULT_METHOD, calibration: Calibration | None = None
               ) -> tuple[nn.Module, dict[str, Any] | None]:
-    """A fresh copy of the baseline for row ``name``: quantized (with its layer table), or with
-    only its kept tensors rounded to fp16 (layer table computed later, against the baseline)."""
+    """A fresh copy of the baseline for row ``name``: quantized under ``scheme`` (default: the
+    name) with ``method`` (with its layer table), or with only its kept tensors rounded to fp16
+    (layer table computed later, against the baseline)."""
     from lowbit.pipeline.inmemory import quantize, round_kept_tensors
 
     model = copy.deepcopy(base)
@@ -91,7 +93,8 @@ def _make_row(base: nn.Module, name: str, strict: bool = False
         round_kept_tensors(model, torch.float16)
         model.lowbit_keep_dtype = torch.float16
         return model, None
-    report = quantize(model, name, progress=False, strict=strict)
+    report = quantize(model, scheme or name, method=method, calibration=calibration,
+                      progress=False, strict=strict)
     return model, report.table()
 
 
@@ -109,8 +112,12 @@ def run_sweep(
     title: str | None = None,
     loaded: tuple[nn.Module, Any] | None = None,
     strict: bool = False,
+    methods: Sequence[str] = (DEFAULT_METHOD,),
+    calibration: Calibration | MakeCalibration | None = None,
 ) -> SweepOutput:
-    """Sweep ``schemes`` on ``model`` (a built-in name, folder or GGUF) into folder ``out``.
+    """Sweep every (method, scheme) pair on ``model`` (a built-in name, folder or GGUF) into
+    folder ``out``. Data-aware methods calibrate on ``calibration`` (a Calibration, or a
+    function of the tokenizer that makes one; default: the default calibration text).
 
     Resumes from ``out/results.jsonl`` (rows already there are skipped; their settings must match).
     ``loaded`` passes an already loaded (model, tokenizer) for ``model`` (tests, notebooks).
@@ -121,7 +128,8 @@ def run_sweep(
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
     out = Path(out)
-    names = row_names(schemes, baseline_rows=baseline_rows)
+    rows = plan_rows(schemes, methods, baseline_rows=baseline_rows)
+    names = [r.name for r in rows]
     with output_lock(out):  # the whole run: a second sweep on this folder fails at once
         out.mkdir(parents=True, exist_ok=True)
         jsonl = out / RESULTS_JSONL
@@ -131,11 +139,11 @@ def run_sweep(
         records = read_records(jsonl, repair=True)
         _check_settings(records, settings, jsonl, model)
         done = {r["name"] for r in records}
-        todo = [n for n in names if n not in done]
+        todo = [r for r in rows if r.name not in done]
         ran: list[str] = []
         if todo:
             ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                            records, strict)
+                            records, strict, calibration)
         records = read_records(jsonl)
         return _finish(model, names, records, out, keep_cache, title, ran, t0)
 
@@ -147,18 +155,22 @@ def _finish(model: str, names: list[str], records: list[dict[str, Any]], out: Pa
         shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
     wanted = [r for r in records if r["name"] in names]
     seconds = time.perf_counter() - t0
+    methods = sorted({m for m in (record_method(r) for r in wanted) if m})
     paths = write_report(wanted, out, title=title or f"lowbit sweep: {model}",
-                         context={"model": model, "rows": len(wanted)})
+                         context={"model": model, "methods": ", ".join(methods),
+                                  "rows": len(wanted)})
     return SweepOutput(out, wanted, paths["md"], paths["csv"], paths["html"], paths["plots"],
                        ran, seconds)
 
 
-def _run_rows(model_name: str, todo: list[str], jsonl: Path, settings: EvalSettings, out: Path,
-              cache_logits: bool, progress: bool, loaded: tuple[nn.Module, Any] | None,
-              records: list[dict[str, Any]], strict: bool = False) -> list[str]:
+def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSettings,
+              out: Path, cache_logits: bool, progress: bool,
+              loaded: tuple[nn.Module, Any] | None, records: list[dict[str, Any]],
+              strict: bool = False, calibration: Calibration | MakeCalibration | None = None
+              ) -> list[str]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="sweep", unit="scheme", disable=not progress)
+    bar = tqdm(total=len(todo), desc="sweep", unit="row", disable=not progress)
 
     def step(what: str, row: str = "baseline") -> None:
         bar.set_description(f"{row}: {what}")
@@ -172,35 +184,78 @@ def _run_rows(model_name: str, todo: list[str], jsonl: Path, settings: EvalSetti
     else:
         base, tok = loaded
     base.eval()
+    cal = _calibration(todo, tok, calibration, records, jsonl)
     ref = prepare_reference(base, tok, settings,
                             cache_dir=out / CACHE_DIR if cache_logits else None, step=step)
     ran = []
     try:
-        for name in todo:
-            if any(r["name"] == name for r in read_records(jsonl)):
+        for row in todo:
+            if any(r["name"] == row.name for r in read_records(jsonl)):
                 continue  # written meanwhile (an API caller without the lock): never twice
-            t_row = time.perf_counter()
-            if name == BASELINE_LABEL:
-                rec = evaluate(base, tok, ref, settings, name=name, is_baseline=True,
-                               step=lambda s, n=name: step(s, n))
-            else:
-                step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
-                row, layers = _make_row(base, name, strict)
-                rec = evaluate(row, tok, ref, settings, name=name,
-                               scheme=None if name == KEPT16_LABEL else name, layers=layers,
-                               step=lambda s, n=name: step(s, n))
-                rec["baseline"] = name == KEPT16_LABEL
-                del row
-                gc.collect()
+            rec = _one_row(base, tok, ref, settings, row, strict, cal, step)
             rec["model"] = model_name
-            rec["seconds"] = time.perf_counter() - t_row
             if append_record(jsonl, rec):
                 records.append(rec)
-                ran.append(name)
+                ran.append(row.name)
             bar.update(1)
     finally:
         bar.close()
     return ran
+
+
+def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: Row,
+             strict: bool, cal: Calibration | None, step: Callable[..., None]
+             ) -> dict[str, Any]:
+    """Make and evaluate one row; its record (with the method, and the calibration's
+    fingerprint for a data-aware method)."""
+    from lowbit.methods import get_method
+
+    t_row = time.perf_counter()
+    name = row.name
+    if name == BASELINE_LABEL:
+        rec = evaluate(base, tok, ref, settings, name=name, is_baseline=True,
+                       step=lambda s: step(s, name))
+    else:
+        step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
+        aware = row.method is not None and get_method(row.method).data_aware
+        model, layers = _make_row(base, name, strict, scheme=row.scheme,
+                                  method=row.method or DEFAULT_METHOD,
+                                  calibration=cal if aware else None)
+        rec = evaluate(model, tok, ref, settings, name=name, scheme=row.scheme, layers=layers,
+                       step=lambda s: step(s, name))
+        rec["baseline"] = name == KEPT16_LABEL
+        if row.method is not None:
+            rec["method"] = row.method
+        if aware:
+            rec["calibration"] = cal.fingerprint()
+        del model
+        gc.collect()
+    rec["seconds"] = time.perf_counter() - t_row
+    return rec
+
+
+def _calibration(todo: list[Row], tok: Any, given: Calibration | MakeCalibration | None,
+                 records: list[dict[str, Any]], jsonl: Path) -> Calibration | None:
+    """The calibration of the data-aware rows still to make (None when there are none); a
+    ValueError when rows already in the results file calibrated on other tokens."""
+    from lowbit.calibration import Calibration
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.methods import get_method
+
+    if not any(r.method and get_method(r.method).data_aware for r in todo):
+        return None
+    if given is None:
+        cal = Calibration.from_texts(tok, [DEFAULT_CALIBRATION_TEXT])
+    else:
+        cal = given if isinstance(given, Calibration) else given(tok)
+    sha = cal.fingerprint()["sha256"]
+    for rec in records:
+        before = (rec.get("calibration") or {}).get("sha256")
+        if before is not None and before != sha:
+            raise ValueError(f"{jsonl}: row {rec['name']!r} was calibrated on other tokens "
+                             f"({rec['calibration'].get('source')}); give the same calibration "
+                             "options, another output folder, or --force")
+    return cal
 
 
 def write_report(records: Sequence[dict[str, Any]], out: str | Path, *, title: str,
