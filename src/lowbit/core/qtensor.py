@@ -159,8 +159,9 @@ class QTensor:
         unknown = set(tensors) - set(_TENSOR_FIELDS)
         if unknown:
             raise ValueError(f"{name}: unknown quantized tensor parts {sorted(unknown)}")
-        if "codes" not in tensors:
-            raise ValueError(f"{name}: a quantized tensor needs 'codes'")
+        if "codes" not in tensors or ("scale" not in tensors and not scheme.ggml_type):
+            raise ValueError(f"{name}: a quantized tensor needs 'codes'"
+                             + ("" if scheme.ggml_type else " and 'scale'"))
         if missing := sorted(required_parts(scheme) - set(tensors)):
             raise ValueError(f"{name}: scheme {scheme} needs parts {missing}, not stored")
         qt = cls(scheme=scheme, shape=(int(shape[0]), int(shape[1])), **tensors)
