@@ -29,6 +29,10 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     keep = parse_dtype(args.keep_dtype)
     common = {"exclude": args.exclude, "overrides": overrides, "keep_dtype": keep,
               "method": method, "strict": args.strict}
+    from lowbit.commands.budget import quantize_to_budget, wants_budget
+
+    if wants_budget(args):
+        return quantize_to_budget(args, out, method, keep), None
     if args.preset:
         return _quantize_preset(args, out, method, keep), None
     if source.kind in ("hf", "builtin") and not method.data_aware and not args.embedding:
@@ -97,7 +101,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     float_bytes = report.params * 2
     disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"source           {source.name} ({source.kind}, sha256 {source.sha256[:12]}...)")
-    print(f"scheme           {args.scheme or 'preset ' + args.preset}"
+    print(f"scheme           {args.scheme or args.preset or 'budgeted plan'}"
           + (f"  overrides {overrides}" if overrides else ""))
     from lowbit.methods import get_method
 
@@ -125,12 +129,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _check_scheme_or_preset(args: argparse.Namespace) -> None:
+    from lowbit.commands.budget import wants_budget
     from lowbit.core.scheme import Scheme
     from lowbit.pipeline.presets import PLAN_PRESETS, is_preset
 
-    if (args.scheme is None) == (args.preset is None):
-        raise ValueError("give one of --scheme (one scheme for every layer) or --preset "
-                         f"(llama.cpp's mix: {', '.join(PLAN_PRESETS)})")
+    given = [args.scheme is not None, args.preset is not None, wants_budget(args)]
+    if sum(given) != 1 or (args.target_bpw is not None and args.target_size is not None):
+        raise ValueError("give one of --scheme (one scheme for every layer), --preset "
+                         f"(llama.cpp's mix: {', '.join(PLAN_PRESETS)}), --target-bpw or "
+                         "--target-size (a budgeted mix)")
+    if wants_budget(args):
+        return
     if args.scheme is not None:
         Scheme.parse(args.scheme)
     elif not is_preset(args.preset):
@@ -286,6 +295,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fail (write nothing) when a scale format saturates or underflows on "
                         "some block, instead of warning")
     _add_method_arguments(p)
+    from lowbit.commands.budget import add_budget_arguments
+
+    add_budget_arguments(p)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer table of a lowbit checkpoint")
