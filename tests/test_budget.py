@@ -95,3 +95,15 @@ def test_sizes_parse_and_cli_quantizes_to_a_budget(tiny_hf_dir, tmp_path, capsys
     loaded, _ = lowbit.load(out)
     nbytes, params = model_size(loaded)
     assert nbytes * 8 / params <= 6
+
+
+def test_suffix_runs_give_the_whole_models_logits(tied, calibration) -> None:
+    from lowbit.budget.suffix import SuffixRunner
+
+    runner = SuffixRunner(tied, calibration.batches())
+    full = runner.logits(None)
+    assert runner.start(["model.layers.1.mlp.down_proj"]) == 1
+    assert runner.start(["model.embed_tokens", "lm_head"]) is None
+    for start in (0, 1, 2):
+        for a, b in zip(runner.logits(start), full, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

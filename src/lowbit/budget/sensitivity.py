@@ -2,11 +2,11 @@
 
 For each unit (a Linear, or the input embedding together with a head tied to it) and each
 candidate scheme, the unit's weight is replaced by its quantized-dequantized value, the
-calibration windows are run, and the mean KL(float ‖ quantized) per token is recorded with the
-unit's exact stored bytes. Results go to a JSON cache under the lowbit cache folder, keyed by
-the model's weights and the calibration tokens, written after every unit, so a second budget
-(or an interrupted run) costs only what is not measured yet.
-"""
+calibration windows are run (from the unit's block on, :mod:`lowbit.budget.suffix`), and the
+mean KL(float ‖ quantized) per token is recorded with the unit's exact stored bytes. Results
+go to a JSON cache under the lowbit cache folder, keyed by the model's weights and the
+calibration tokens, written after every unit, so a second budget (or an interrupted run)
+costs only what is not measured yet."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowbit.budget.suffix import SuffixRunner
 from lowbit.calibration.windows import Calibration
 from lowbit.core.ggml_blocks import fitting_scheme
 from lowbit.core.scheme import Scheme
@@ -72,17 +73,10 @@ def _cache_file(model: nn.Module, calibration: Calibration) -> Path:
     return cache_root() / "sensitivity" / f"{h.hexdigest()[:32]}.json"
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, calibration: Calibration) -> list[torch.Tensor]:
-    return [model(b).logits.float().reshape(-1, model.config.vocab_size)
-            for b in calibration.batches()]
-
-
-@torch.no_grad()
-def _mean_kl(model: nn.Module, calibration: Calibration, base: list[torch.Tensor]) -> float:
+def _mean_kl(base: list[torch.Tensor], quant: list[torch.Tensor]) -> float:
     total, n = 0.0, 0
-    for b, ref in zip(calibration.batches(), base, strict=True):
-        kl, _ = kl_rows(ref, model(b).logits.float().reshape(ref.shape))
+    for ref, q in zip(base, quant, strict=True):
+        kl, _ = kl_rows(ref, q)
         total, n = total + float(kl.sum()), n + kl.numel()
     return total / n
 
@@ -98,18 +92,21 @@ def measure_sensitivity(model: nn.Module, calibration: Calibration, candidates: 
     result = Sensitivity(units, {u: w.numel() for u, w in weights.items()})
     path = _cache_file(model, calibration) if cache else None
     stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    base = None
+    runner = base = None
     todo = [(u, s) for u, w in weights.items() for s in unit_candidates(w, schemes)]
     for unit, scheme in tqdm(todo, desc="sensitivity", unit="run", disable=not progress):
         w = weights[unit]
         hit = stored.get(unit, {}).get(str(scheme))
         if hit is None:
             qt = quantize_rtn(w.detach(), scheme, name=unit)
-            base = base if base is not None else _logits(model, calibration)
+            if runner is None:
+                runner = SuffixRunner(model, calibration.batches())
+                base = runner.logits(None)
             original = w.data
             w.data = qt.dequantize(w.dtype)
             try:
-                hit = {"kl": _mean_kl(model, calibration, base), "nbytes": qt.nbytes}
+                quant = runner.logits(runner.start(units[unit]))
+                hit = {"kl": _mean_kl(base, quant), "nbytes": qt.nbytes}
             finally:
                 w.data = original
             stored.setdefault(unit, {})[str(scheme)] = hit

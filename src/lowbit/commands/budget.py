@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 #: calibration windows for sensitivity (each unit x scheme runs them all): small by default
-SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH = 4, 128
+SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH = 2, 128
 
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
