@@ -87,9 +87,13 @@ def test_sizes_parse_and_cli_quantizes_to_a_budget(tiny_hf_dir, tmp_path, capsys
         parse_size("90 parsecs")
     out = tmp_path / "ck"
     code = main(["quantize", str(tiny_hf_dir), "--target-bpw", "6", "--candidates",
-                 "q8_0,q4_0", "-o", str(out), "--calibration-text", "sotu-1980-1999.txt"])
+                 "q8_0,q4_0", "-o", str(out), "--calibration-text", "sotu-1980-1999.txt",
+                 "--sensitivity-report", str(tmp_path / "sens")])
     text = capsys.readouterr().out
     assert code == 0 and "budget" in text
+    table = (tmp_path / "sens.md").read_text()
+    assert "| model.layers.1.mlp.down_proj |" in table and "*" in table
+    assert (tmp_path / "sens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["inspect", str(out)]) == 0
     assert "plan budget" in capsys.readouterr().out
     loaded, _ = lowbit.load(out)

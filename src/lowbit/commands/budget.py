@@ -17,6 +17,8 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--candidates", metavar="LIST",
                    help="comma-separated schemes to choose from (default: q2_k..q6_k,q8_0; "
                         "'any' adds lowbit's own schemes)")
+    g.add_argument("--sensitivity-report", metavar="STEM",
+                   help="also write the sensitivity table STEM.md and heatmap STEM.png")
 
 
 def wants_budget(args: argparse.Namespace) -> bool:
@@ -62,6 +64,13 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
     print(f"budget           {plan.details['budget_bytes']} bytes; plan "
           f"{plan.details['predicted_bytes']} bytes ({plan.details['bits_per_param']:.4f} "
           f"bits/param), {sens.measured} sensitivity runs measured, the rest cached")
+    if args.sensitivity_report:
+        from lowbit.budget.report import write_sensitivity_report
+
+        chosen = {u: str(plan.layers.get(m[0], plan.embedding))
+                  for u, m in sens.units.items()}
+        for path in write_sensitivity_report(sens, args.sensitivity_report, chosen):
+            print(f"sensitivity      {path}")
     report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict)
     save(model, out, tokenizer=tokenizer, force=args.force,
          layer_info={**report.layers, **report.embeddings})
