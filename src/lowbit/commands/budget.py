@@ -17,6 +17,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--candidates", metavar="LIST",
                    help="comma-separated schemes to choose from (default: q2_k..q6_k,q8_0; "
                         "'any' adds lowbit's own schemes)")
+    g.add_argument("--sensitivity", choices=["kl", "proxy"], default="kl",
+                   help="kl: measured KL per tensor and scheme (default, cached); proxy: "
+                        "importance-weighted weight error (one forward pass, much cheaper)")
     g.add_argument("--sensitivity-report", metavar="STEM",
                    help="also write the sensitivity table STEM.md and heatmap STEM.png")
 
@@ -58,7 +61,12 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         raise ValueError(f"{args.source} has no tokenizer: sensitivity needs calibration text")
     cal = Calibration.from_text(tokenizer, args.calibration_text or DEFAULT_CALIBRATION_TEXT,
                                 windows=SENSITIVITY_WINDOWS, length=SENSITIVITY_LENGTH)
-    sens = measure_sensitivity(model, cal, candidates(args))
+    if args.sensitivity == "proxy":
+        from lowbit.budget.proxy import measure_proxy
+
+        sens = measure_proxy(model, cal, candidates(args))
+    else:
+        sens = measure_sensitivity(model, cal, candidates(args))
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
                        keep_dtype=keep)
     print(f"budget           {plan.details['budget_bytes']} bytes; plan "
