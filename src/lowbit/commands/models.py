@@ -152,7 +152,7 @@ def _print_whole_model(out: Path) -> None:
     from lowbit.eval.layers import model_size
     from lowbit.storage.checkpoint import load
 
-    model, _ = load(out, verify=False)
+    model, _ = load(out)
     nbytes, params = model_size(model)
     print(f"whole model      {_human(nbytes)}, {nbytes * 8 / params:.4f} bits per parameter "
           f"({params / 1e6:.1f} M parameters, embeddings and head included, tied ones once)")
