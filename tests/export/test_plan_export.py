@@ -22,20 +22,6 @@ needs_llamacpp = pytest.mark.skipif(not llamacpp.available(),
                                     reason=llamacpp.why_unavailable() or "llama.cpp available")
 
 
-@pytest.fixture(scope="module")
-def wide_f32(tmp_path_factory):
-    """A 16-layer Llama with 256-wide rows as an F32 GGUF made by llama.cpp itself."""
-    from tests.export.conftest import wide_llama
-
-    if not llamacpp.available():
-        pytest.skip(llamacpp.why_unavailable() or "llama.cpp unavailable")
-    tmp = tmp_path_factory.mktemp("wide")
-    _, src = wide_llama(tmp, n_layers=16)
-    f32 = tmp / "wide-f32.gguf"
-    llamacpp.quantize_gguf(src, f32, "F32", threads=1, allow_requantize=True)
-    return f32
-
-
 @needs_llamacpp
 @pytest.mark.llamacpp
 @pytest.mark.parametrize("preset", ["q4_k_m", "q3_k_s", "q2_k"])
