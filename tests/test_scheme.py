@@ -179,7 +179,7 @@ PART_CHOICES = ["sym", "asym", "tensor", "channel", "gN", "zpint", "dq", "ts", "
                 *(f"{s}scale" for s in SCALE_FORMATS)]
 
 
-@pytest.mark.parametrize("name", ["int9-g32", "fp8", "q4_0", "float16-g32", "fp8-e4m3x"])
+@pytest.mark.parametrize("name", ["int9-g32", "fp8", "q7_0", "float16-g32", "fp8-e4m3x"])
 def test_unknown_format(name):
     with pytest.raises(ValueError) as err:
         Scheme.parse(name)

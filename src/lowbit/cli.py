@@ -31,7 +31,7 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
     for name in args.names:
         s = Scheme.parse(name)
         qt = quantize_tensor(w, s)
-        rows.append([str(s), s.canonical(), s.element_format.name, s.granularity,
+        rows.append([str(s), s.canonical(), s.ggml_type or s.element_format.name, s.granularity,
                      s.block_size or "", s.scale_format, round(qt.bits_per_weight, 4)])
     headers = ["scheme", "canonical", "element", "granularity", "block", "scale",
                "bits/weight (256x4096)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -23,3 +24,17 @@ def wide_llama(tmp_path: Path, n_layers: int = 8):
         model.lm_head.weight.mul_(20.0)
     path = write_tiny_gguf(model, tmp_path / "wide-llama.gguf")
     return model, path
+
+
+@pytest.fixture(scope="module")
+def wide_f32(tmp_path_factory):
+    """A 16-layer Llama with 256-wide rows as an F32 GGUF made by llama.cpp itself."""
+    from lowbit.runtimes import llamacpp
+
+    if not llamacpp.available():
+        pytest.skip(llamacpp.why_unavailable() or "llama.cpp unavailable")
+    tmp = tmp_path_factory.mktemp("wide")
+    _, src = wide_llama(tmp, n_layers=16)
+    f32 = tmp / "wide-f32.gguf"
+    llamacpp.quantize_gguf(src, f32, "F32", threads=1, allow_requantize=True)
+    return f32

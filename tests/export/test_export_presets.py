@@ -31,18 +31,6 @@ def _compare(src, tmp_path, preset):
     return {t for t, _ in a.values()}
 
 
-@pytest.fixture(scope="module")
-def wide_f32(tmp_path_factory):
-    """A 16-layer Llama with 256-wide rows as an F32 GGUF made by llama.cpp itself."""
-    from tests.export.conftest import wide_llama
-
-    tmp = tmp_path_factory.mktemp("wide")
-    _, src = wide_llama(tmp, n_layers=16)
-    f32 = tmp / "wide-f32.gguf"
-    llamacpp.quantize_gguf(src, f32, "F32", threads=1, allow_requantize=True)
-    return f32
-
-
 @pytest.mark.parametrize("preset", QUANT_PRESETS)
 def test_preset_matches_llamacpp_on_256_wide_rows(wide_f32, tmp_path, preset, lowbit_cache):
     types = _compare(wide_f32, tmp_path, preset)

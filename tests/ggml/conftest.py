@@ -14,6 +14,13 @@ from ggml_cases import special_rows
 from lowbit import ggml
 
 
+@pytest.fixture(autouse=True)
+def reference_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check lowbit's own (numpy) encoders against llama.cpp: switch off the fast
+    path, which calls llama.cpp itself (`test_ggml_fast.py` compares the two explicitly)."""
+    monkeypatch.setenv("LOWBIT_GGML_FAST", "0")
+
+
 @pytest.fixture(scope="session")
 def rows() -> dict[str, np.ndarray]:
     return special_rows(2048, np.random.default_rng(1234))

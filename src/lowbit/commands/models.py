@@ -34,7 +34,14 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     if args.imatrix and args.calib:
         raise ValueError("give --imatrix or --calib, not both: the imatrix file replaces "
                          "running calibration text through the model")
-    if source.kind in ("hf", "builtin") and not method.data_aware and not args.imatrix:
+    from lowbit.commands.budget import quantize_to_budget, wants_budget
+
+    if wants_budget(args):
+        return quantize_to_budget(args, out, method, keep), None
+    if args.preset:
+        return _quantize_preset(args, out, method, keep), None
+    if source.kind in ("hf", "builtin") and not method.data_aware and not args.imatrix \
+            and not args.embedding:
         return quantize_folder(source.path, args.scheme, out, force=args.force,
                                source_info=source.to_dict(), **common), None
     model, tokenizer = load_model(args.source)
@@ -42,20 +49,38 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     if method.data_aware and not args.imatrix:
         calibration = calibration_from_args(args, tokenizer, what=f"method {args.method!r}")
     report = quantize(model, args.scheme, calibration=calibration, imatrix=args.imatrix,
-                      **common)
-    save(model, out, tokenizer=tokenizer, force=args.force, layer_info=report.layers)
+                      embedding=args.embedding, **common)
+    save(model, out, tokenizer=tokenizer, force=args.force,
+         layer_info={**report.layers, **report.embeddings})
     return report, calibration
 
 
+def _quantize_preset(args: argparse.Namespace, out: Path, method, keep):
+    """Quantize by a llama.cpp preset's plan (every tensor its ggml type), in memory."""
+    from lowbit.models import load_model
+    from lowbit.pipeline.inmemory import quantize
+    from lowbit.pipeline.presets import preset_plan
+    from lowbit.storage.checkpoint import save
+
+    if args.exclude or args.override or args.embedding:
+        raise ValueError("--preset sets every tensor's type: --exclude, --override and "
+                         "--embedding do not apply")
+    model, tokenizer = load_model(args.source)
+    report = quantize(model, preset_plan(model, args.preset), method=method, keep_dtype=keep,
+                      strict=args.strict)
+    save(model, out, tokenizer=tokenizer, force=args.force,
+         layer_info={**report.layers, **report.embeddings})
+    return report
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from lowbit.core.scheme import Scheme
     from lowbit.eval.artifact import on_grid
     from lowbit.models import resolve_source
     from lowbit.pipeline.plan import parse_overrides
     from lowbit.storage.atomic import check_output_path
     from lowbit.storage.lock import output_lock
 
-    Scheme.parse(args.scheme)
+    _check_scheme_or_preset(args)
     overrides = parse_overrides(args.override or [])
     out = Path(args.output)
     check_output_path(out)  # before the lock, whose file sits beside the output
@@ -69,7 +94,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     float_bytes = report.params * 2
     disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"source           {source.name} ({source.kind}, sha256 {source.sha256[:12]}...)")
-    print(f"scheme           {args.scheme}" + (f"  overrides {overrides}" if overrides else ""))
+    print(f"scheme           {args.scheme or args.preset or 'budgeted plan'}"
+          + (f"  overrides {overrides}" if overrides else ""))
     from lowbit.methods import get_method
 
     settings = get_method(args.method).with_option_strings(args.method_option or []).settings()
@@ -92,8 +118,39 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(f"range warnings   {len(report.warnings)} (recorded in lowbit.json): "
               + "; ".join(report.warnings[:3]) + (" ..." if len(report.warnings) > 3 else ""))
     print(f"checkpoint       {out} ({_human(disk)} of tensors on disk)")
+    _print_whole_model(out)
     print(f"time             {seconds:.1f} s")
     return 0
+
+
+def _check_scheme_or_preset(args: argparse.Namespace) -> None:
+    from lowbit.commands.budget import wants_budget
+    from lowbit.core.scheme import Scheme
+    from lowbit.pipeline.presets import PLAN_PRESETS, is_preset
+
+    given = [args.scheme is not None, args.preset is not None, wants_budget(args)]
+    if sum(given) != 1 or (args.target_bpw is not None and args.target_size is not None):
+        raise ValueError("give one of --scheme (one scheme for every layer), --preset "
+                         f"(llama.cpp's mix: {', '.join(PLAN_PRESETS)}), --target-bpw or "
+                         "--target-size (a budgeted mix)")
+    if wants_budget(args):
+        return
+    if args.scheme is not None:
+        Scheme.parse(args.scheme)
+    elif not is_preset(args.preset):
+        raise ValueError(f"--preset {args.preset!r}: not a llama.cpp preset; choose one of "
+                         f"{', '.join(PLAN_PRESETS)}")
+
+
+def _print_whole_model(out: Path) -> None:
+    """The whole model's stored bytes and bits per parameter (embeddings and head included)."""
+    from lowbit.eval.layers import model_size
+    from lowbit.storage.checkpoint import load
+
+    model, _ = load(out)
+    nbytes, params = model_size(model)
+    print(f"whole model      {_human(nbytes)}, {nbytes * 8 / params:.4f} bits per parameter "
+          f"({params / 1e6:.1f} M parameters, embeddings and head included, tied ones once)")
 
 
 def _print_problems(command: str, checkpoint: str, problems: list[str]) -> None:
@@ -143,12 +200,25 @@ def _print_layer_table(args: argparse.Namespace) -> None:
                      info["nbytes"], round(info["bits_per_weight"], 4),
                      "" if err is None else (f"{err:.5f}" + (" (exact)" if info.get("exact")
                                                              else ""))])
+    for name, info in (meta.get("embeddings") or {}).items():
+        tied = f" (tied to {info['tied_to']}: stored once)" if info.get("tied_to") else ""
+        rows.append([f"{name} [embedding]{tied}", info["scheme"]["name"],
+                     "x".join(map(str, info["shape"])), info["nbytes"],
+                     round(info["bits_per_weight"], 4), ""])
     print(render_table(["layer", "scheme", "shape", "bytes", "bits/weight", "rel. error"],
                        rows, markdown=args.markdown))
+    if meta.get("plan"):
+        plan = meta["plan"]
+        counts = {}
+        for s in [*plan["layers"].values(), plan.get("embedding")]:
+            if s is not None:
+                counts[s] = counts.get(s, 0) + 1
+        print(f"\nplan {plan['name']}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+              + "".join(f"; {k} {v}" for k, v in (plan.get("details") or {}).items()))
     total_w = sum(i["shape"][0] * i["shape"][1] for i in meta["layers"].values())
     total_b = sum(i["nbytes"] for i in meta["layers"].values())
     src = meta.get("source") or {}
-    print(f"\n{len(rows)} quantized layers, {total_w / 1e6:.1f} M weights, "
+    print(f"\n{len(meta['layers'])} quantized layers, {total_w / 1e6:.1f} M weights, "
           f"{_human(total_b)}, {total_b * 8 / total_w:.4f} bits/weight; kept tensors in "
           f"{meta['keep_dtype']}; source {src.get('name', '?')} "
           f"(sha256 {str(src.get('sha256', '?'))[:12]}...)")
@@ -195,13 +265,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantize a model into a lowbit checkpoint")
     p.add_argument("source", help="Hugging Face folder, .gguf file or built-in name "
                                   "(smollm2-135m, gemma-3-270m)")
-    p.add_argument("--scheme", required=True, help="e.g. int4-asym-g128 (lowbit schemes)")
+    p.add_argument("--scheme", help="e.g. int4-asym-g128 or q4_k (lowbit schemes)")
+    p.add_argument("--preset", help="instead of --scheme: llama.cpp's per-tensor mix, e.g. "
+                                    "q4_k_m (a plan of ggml types; exports to GGUF as is)")
     p.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
     p.add_argument("--exclude", action="append", metavar="PATTERN",
                    help="keep layers matching this regular expression in float "
                         "(default: lm_head; repeatable)")
     p.add_argument("--override", action="append", metavar="PATTERN=SCHEME",
                    help="another scheme for layers matching PATTERN (repeatable)")
+    p.add_argument("--embedding", metavar="SCHEME",
+                   help="quantize the input embedding too (a head tied to it takes the same "
+                        "scheme and stays tied, stored once)")
     p.add_argument("--keep-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="dtype of the tensors left unquantized (default float16)")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
@@ -209,6 +284,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fail (write nothing) when a scale format saturates or underflows on "
                         "some block, instead of warning")
     _add_method_arguments(p)
+    from lowbit.commands.budget import add_budget_arguments
+
+    add_budget_arguments(p)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer table of a lowbit checkpoint")

@@ -21,6 +21,9 @@ Layout, for a weight of shape (out_features, in_features) and a scheme with G gr
 * ``perm``: int32 (in,), an input-column permutation (GPTQ's act-order): stored column k is
   column ``perm[k]`` of the original weight, and groups are formed over the stored order.
   :meth:`QTensor.dequantize` returns the weight in the original column order.
+
+A ggml scheme (``q4_k``, ...) stores ``codes`` only: ggml's block bytes, (out, row bytes);
+see :mod:`lowbit.core.ggml_blocks`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.core import ggml_blocks
 from lowbit.core.packing import pack, packed_nbytes, unpack
 from lowbit.core.qparams import QParams, dequantize_codes
 from lowbit.core.scheme import DQ_BLOCK, Scheme
@@ -47,7 +51,7 @@ class QTensor:
     scheme: Scheme
     shape: tuple[int, int]
     codes: torch.Tensor
-    scale: torch.Tensor
+    scale: torch.Tensor | None = None  # None only for a ggml scheme
     zero: torch.Tensor | None = None
     scale_scale: torch.Tensor | None = None
     scale_mean: torch.Tensor | None = None
@@ -135,6 +139,8 @@ class QTensor:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight this QTensor stands for, shape ``self.shape``, in the original column
         order."""
+        if self.scheme.ggml_type:
+            return ggml_blocks.dequantize_blocks(self.codes, self.scheme).to(dtype)
         codes = unpack(self.codes, self.scheme.bits, self.numel).view(self.shape)
         w = dequantize_codes(codes, self.qparams())
         if self.outlier_index is not None:
@@ -153,8 +159,9 @@ class QTensor:
         unknown = set(tensors) - set(_TENSOR_FIELDS)
         if unknown:
             raise ValueError(f"{name}: unknown quantized tensor parts {sorted(unknown)}")
-        if "codes" not in tensors or "scale" not in tensors:
-            raise ValueError(f"{name}: a quantized tensor needs 'codes' and 'scale'")
+        if "codes" not in tensors or ("scale" not in tensors and not scheme.ggml_type):
+            raise ValueError(f"{name}: a quantized tensor needs 'codes'"
+                             + ("" if scheme.ggml_type else " and 'scale'"))
         if missing := sorted(required_parts(scheme) - set(tensors)):
             raise ValueError(f"{name}: scheme {scheme} needs parts {missing}, not stored")
         qt = cls(scheme=scheme, shape=(int(shape[0]), int(shape[1])), **tensors)
@@ -163,6 +170,12 @@ class QTensor:
 
     def validate(self, name: str = "weight") -> None:
         """Raise ValueError (naming ``name``) if a stored piece does not fit the shape/scheme."""
+        if self.scheme.ggml_type:
+            if extra := sorted(set(self.tensors()) - {"codes"}):
+                raise ValueError(f"{name}: ggml type {self.scheme} stores only 'codes', got "
+                                 f"parts {extra} too")
+            ggml_blocks.validate_blocks(self.codes, self.scheme, self.shape, name)
+            return
         out_f, in_f = self.shape
         expected_codes = packed_nbytes(self.numel, self.scheme.bits)
         if self.codes.dtype != torch.uint8 or self.codes.numel() != expected_codes:
@@ -223,6 +236,8 @@ class QTensor:
 
 def required_parts(scheme: Scheme) -> set[str]:
     """The parts a QTensor of ``scheme`` must store (``perm`` is optional)."""
+    if scheme.ggml_type:
+        return {"codes"}
     parts = {"codes", "scale"}
     parts |= set() if scheme.symmetric else {"zero"}
     parts |= {"scale_scale", "scale_mean"} if scheme.double_quant else set()

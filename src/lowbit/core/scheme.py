@@ -19,6 +19,10 @@ Grammar of a name (parts joined by ``-``, in this order)::
 * ``ts``: a second-level fp32 scale for the whole tensor (NVFP4).
 * ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights exactly (fp32).
 
+ggml types: ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` .. ``q6_k`` are whole names
+(llama.cpp's block types, blocks and scales fixed by the type; a QTensor holds ggml's block bytes,
+see :mod:`lowbit.core.ggml_blocks`).
+
 Aliases: ``mxfp8``, ``mxfp6``, ``mxfp4`` (E8M0 scale per 32, OCP MX) and ``nvfp4`` (E4M3 scale
 per 16 plus an fp32 tensor scale). ``str(scheme)`` gives the canonical name back.
 """
@@ -40,6 +44,12 @@ ELEMENT_FORMATS = (
     "int2", "int3", "int4", "int5", "int6", "int7", "int8",
     "nf4", "bnb-fp4", "fp8-e4m3", "fp8-e5m2", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1",
 )
+#: ggml (llama.cpp) block types usable as schemes -> elements per block
+GGML_FORMATS: dict[str, int] = {
+    "q8_0": 32, "q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32,
+    "q2_k": 256, "q3_k": 256, "q4_k": 256, "q5_k": 256, "q6_k": 256,
+}
+_GGML_WITH_MIN = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")  # blocks that store a minimum
 SCALE_FORMATS = ("fp32", "fp16", "bf16", "e8m0", "e4m3")
 MIN_BLOCK, MAX_BLOCK = 16, 256
 DQ_BLOCK = 256  # scales per second-level block under double quantization (QLoRA)
@@ -110,6 +120,9 @@ class Scheme:
     zero_point: ZeroPointDomain = "float"  # "int": w = (code - zp) * scale; see module docstring
 
     def __post_init__(self) -> None:
+        if self.format in GGML_FORMATS:
+            self._fix_ggml_fields()
+            return
         if self.format not in ELEMENT_FORMATS:
             raise ValueError(
                 f"unknown format {self.format!r}; valid formats: {', '.join(ELEMENT_FORMATS)}"
@@ -157,10 +170,39 @@ class Scheme:
                 "an integer zero point (zpint) is for asymmetric integer schemes (add asym)"
             )
 
+    def _fix_ggml_fields(self) -> None:
+        """A ggml type fixes every other field: fill them in, refuse any other value."""
+        fixed = {"granularity": "block", "block_size": GGML_FORMATS[self.format],
+                 "symmetric": self.format not in _GGML_WITH_MIN, "scale_format": "fp16",
+                 "double_quant": False, "tensor_scale": False, "outliers": None,
+                 "zero_point": "float"}
+        defaults = {"granularity": "tensor", "block_size": None, "symmetric": True,
+                    "scale_format": None}
+        for key, value in fixed.items():
+            have = getattr(self, key)
+            if have != value and not (key in defaults and have == defaults[key]):
+                raise ValueError(f"the ggml type {self.format} fixes its own blocks and scales; "
+                                 f"{key}={have!r} does not apply (it is {value!r})")
+            object.__setattr__(self, key, value)
+
     # --- derived -----------------------------------------------------------------------
+    @property
+    def ggml_type(self) -> str | None:
+        """The GGUF type name (``Q4_K``) of a ggml scheme, None for lowbit's own schemes."""
+        return self.format.upper() if self.format in GGML_FORMATS else None
+
+    @property
+    def kind(self) -> str:
+        """The element kind kernels select on: the element format's kind, or ``ggml``."""
+        return "ggml" if self.ggml_type else self.element_format.kind
+
     @property
     def element_format(self) -> Format:
         """The format of the weight codes: signed ints when symmetric, unsigned when not."""
+        if self.ggml_type:
+            raise ValueError(f"scheme {self.format}: a ggml type has no single element format "
+                             "(its blocks are ggml's own bytes); only round-to-nearest "
+                             "(method rtn, llama.cpp's quantizer) quantizes to it")
         if self.format.startswith("int"):
             return get_format(self.format if self.symmetric else "u" + self.format)
         return get_format(self.format)
@@ -172,12 +214,14 @@ class Scheme:
 
     @property
     def bits(self) -> int:
-        """Bits of one weight code."""
+        """Bits of one weight code (a ggml type's nominal width: 4 for ``q4_k``)."""
+        if self.ggml_type:
+            return int(self.format[1])
         return self.element_format.bits
 
     @property
     def is_int(self) -> bool:
-        return isinstance(self.element_format, IntFormat)
+        return not self.ggml_type and isinstance(self.element_format, IntFormat)
 
     def group_size(self, in_features: int) -> int:
         """Weights per scale along a row (the whole row for channel/tensor granularity)."""
@@ -193,6 +237,12 @@ class Scheme:
             raise ValueError("a scheme name must be a non-empty string, e.g. int4-asym-g128")
         text = name.strip().lower()
         text = ALIASES.get(text, text)
+        if text.split("-")[0] in GGML_FORMATS:
+            if "-" in text:
+                raise ValueError(f"scheme {name!r}: the ggml type {text.split('-')[0]!r} is a "
+                                 "whole name (its blocks and scales are fixed) and takes no "
+                                 "further parts")
+            return cls(format=text)
         fmt = next(
             (f for f in sorted(ELEMENT_FORMATS, key=len, reverse=True)
              if text == f or text.startswith(f + "-")),
@@ -207,7 +257,8 @@ class Scheme:
         if fmt is None:
             raise ValueError(
                 f"scheme {name!r}: unknown format {text.split('-')[0]!r}; valid formats: "
-                f"{', '.join(ELEMENT_FORMATS)} (or an alias: {', '.join(ALIASES)})"
+                f"{', '.join(ELEMENT_FORMATS)} (or an alias: {', '.join(ALIASES)}; or a ggml "
+                f"type: {', '.join(GGML_FORMATS)})"
             )
         fields: dict[str, Any] = {"format": fmt}
         rest = text[len(fmt) + 1:]
@@ -253,6 +304,8 @@ class Scheme:
 
     def canonical(self) -> str:
         """The full name with every part spelled out (no alias)."""
+        if self.ggml_type:
+            return self.format
         parts = [self.format]
         if self.is_int:
             parts.append("sym" if self.symmetric else "asym")

@@ -48,23 +48,46 @@ def layer_table(model: nn.Module, base: nn.Module | None = None) -> dict[str, di
     return {name: r.to_json() for name, r in layer_records(model, base).items()}
 
 
+def _packed(model: nn.Module) -> dict[tuple[int, int], int]:
+    """Storage key of every packed quantized tensor -> the weights of its layer when the tensor
+    is the layer's ``codes`` (0 for other parts): quantized layers and embeddings alike."""
+    out: dict[tuple[int, int], int] = {}
+    for m in model.modules():
+        for part in getattr(m, "_parts", ()):
+            t = m._buffers[part]
+            shape = getattr(m.qweight, "shape", (0, 0)) if part == "codes" else (0, 0)
+            out[(t.untyped_storage().data_ptr(), t.storage_offset())] = shape[0] * shape[1]
+    return out
+
+
 def stored_bytes(model: nn.Module, keep_dtype: torch.dtype | None = None) -> int:
     """Bytes of the model's tensors as a lowbit checkpoint stores them: packed quantized parts as
     they are, other float tensors in ``keep_dtype`` (default: the model's ``lowbit_keep_dtype``,
     else their own dtype), tied tensors once. Headers and JSON files are not counted."""
+    return model_size(model, keep_dtype)[0]
+
+
+def model_size(model: nn.Module, keep_dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """(stored bytes as in :func:`stored_bytes`, parameters): every weight of the model once,
+    a quantized layer or embedding counted by its shape, tied tensors once."""
     keep = keep_dtype or getattr(model, "lowbit_keep_dtype", None)
+    packed = _packed(model)
     seen: set[tuple[int, int]] = set()
-    total = 0
+    total = params = 0
     for t in model.state_dict().values():
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
         if key in seen and t.numel() > 0:
             continue
         seen.add(key)
         size = t.element_size()
-        if keep is not None and t.is_floating_point() and t.dtype.itemsize > 1:
-            size = torch.empty((), dtype=keep).element_size()
+        if key in packed:
+            params += packed[key]
+        elif t.is_floating_point():
+            params += t.numel()
+            if keep is not None and t.dtype.itemsize > 1:
+                size = torch.empty((), dtype=keep).element_size()
         total += t.numel() * size
-    return total
+    return total, params
 
 
 def folder_bytes(path: str | Path) -> int:

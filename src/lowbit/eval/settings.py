@@ -65,6 +65,8 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
         "method": record_method(rec),
         "bits_per_weight": rec.get("bits_per_weight"),
         "disk_mb": rec["disk_bytes"] / 1e6 if rec.get("disk_bytes") is not None else None,
+        "model_mb": rec["model_bytes"] / 1e6 if rec.get("model_bytes") is not None else None,
+        "model_bits_per_param": rec.get("model_bits_per_param"),
         "ppl": s.get("ppl"),
         "ppl_change_pct": 100 * s["ppl_change"] if "ppl_change" in s else None,
         "kld_mean": s.get("kld_mean"),

@@ -20,7 +20,7 @@ from lowbit import kernels
 from lowbit.eval.artifact import on_grid_tensors
 from lowbit.eval.choice import choice_accuracy
 from lowbit.eval.divergence import divergence
-from lowbit.eval.layers import layer_table, stored_bytes
+from lowbit.eval.layers import layer_table, model_size
 from lowbit.eval.memory import model_bytes, peak_memory
 from lowbit.eval.perplexity import Windows, perplexity_from, token_nll
 from lowbit.eval.reference import Reference, Step, _no_step, text_windows
@@ -135,11 +135,15 @@ def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int 
     errs = [v["rel_error"] for v in layers.values() if v.get("rel_error") is not None]
     exact = sorted(n for n, v in layers.items() if v.get("exact"))
     grid = on_grid_tensors({n: v.get("rel_error") for n, v in layers.items()})
+    stored, model_params = model_size(model)
     return {
         "bits_per_weight": qbytes * 8 / params if params else None,
         "linear_params": params,
         "linear_bytes": qbytes,
-        "disk_bytes": disk_bytes if disk_bytes is not None else stored_bytes(model),
+        "disk_bytes": disk_bytes if disk_bytes is not None else stored,
+        "model_bytes": stored,  # every tensor once, as a checkpoint stores it
+        "model_params": model_params,
+        "model_bits_per_param": stored * 8 / model_params if model_params else None,
         "memory_bytes": model_bytes(model).total_bytes,
         "weight_error": {
             "mean_rel": float(np.mean(errs)) if errs else None,

@@ -180,11 +180,12 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module | 
                                                           torch.Tensor | None]]:
     """HF name -> (QuantLinear, None) or (None, float tensor), tied weights once."""
     from lowbit.nn import QuantLinear
+    from lowbit.nn_embedding import QuantEmbedding
 
     found: dict[str, tuple[Any, Any]] = {}
     qnames = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantLinear):
+        if isinstance(mod, (QuantLinear, QuantEmbedding)):
             found[f"{name}.weight"] = (mod, None)
             qnames.add(name)
     for name, p in model.named_parameters():
@@ -266,6 +267,8 @@ def _file_type(preset: str | None, entries: list[_Entry]) -> int:
         counts = Counter(e.qtype for e in entries if len(e.shape) == 2)
         preset = counts.most_common(1)[0][0] if counts else "F32"
     name = "ALL_F32" if preset == "F32" else f"MOSTLY_{preset}"
+    if name not in gguf.LlamaFileType.__members__:  # a K type: its preset's medium mix
+        name += "_M"
     return int(gguf.LlamaFileType[name])
 
 
@@ -332,6 +335,10 @@ def _lossless_bytes(e: _Entry, arch: str, config: Any) -> np.ndarray:
     from lowbit import ggml
 
     qt = e.module.qweight
+    if qt.scheme.ggml_type:  # already GGUF blocks, one row of blocks per output row
+        data = qt.codes.cpu().numpy()
+        perm = meta.row_permutation(e.name, data.shape[0], arch, config)
+        return data if perm is None else data[perm]
     codes = qt.element_values().numpy().astype(np.int16)
     d = qt.scale.cpu().numpy()
     m = None if qt.zero is None else qt.zero.cpu().numpy()

@@ -131,6 +131,8 @@ def preset_type(slot: TensorSlot, preset: str, *, n_layer: int, n_gqa: int,
 
 def lossless_type(scheme: Scheme) -> str | None:
     """The GGUF type that stores `scheme`'s codes and scales exactly, or None."""
+    if scheme.ggml_type:  # a ggml scheme holds the GGUF blocks themselves
+        return scheme.ggml_type
     if (scheme.granularity != "block" or scheme.block_size != 32 or scheme.scale_format != "fp16"
             or scheme.double_quant or scheme.tensor_scale or scheme.outliers is not None
             or scheme.zero_point != "float"):  # ggml's Q4_1/Q5_1 store a float minimum
@@ -153,4 +155,4 @@ def lossless_schemes() -> str:
     """The lowbit schemes that export without requantizing, as 'scheme (TYPE)' text."""
     return ", ".join(
         f"{fmt}-{'sym' if sym else 'asym'}-g32 ({t})" for (fmt, sym), t in LOSSLESS.items()
-    )
+    ) + ", and every ggml type as a scheme (q8_0 ... q6_k, a llama.cpp preset plan)"

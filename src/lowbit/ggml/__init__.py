@@ -4,12 +4,15 @@
 float32 input; `dequantize` reads them back as ggml does. Types are named as in GGUF.
 For the legacy types, `pack_q8_0`, `pack_q4_0`, `pack_q4_1`, `pack_q5_0`, `pack_q5_1`
 write already-chosen codes and fp16 scales without requantizing.
+The quantized types take a fast path, ggml's own C quantizer (`fast`), when llama-cpp-python's
+library is installed; the numpy encoders here are the reference it is tested against.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import fast
 from .floats import dequantize_float, quantize_float
 from .kquants import K_TYPES, dequantize_kquant, quantize_kquant
 from .layout import LAYOUTS, get_layout
@@ -58,14 +61,22 @@ def type_size(qtype: str) -> int:
     return get_layout(qtype).type_size
 
 
-def quantize(x: np.ndarray, qtype: str, importance: np.ndarray | None = None) -> np.ndarray:
+IMPLEMENTATIONS = ("auto", "fast", "reference")
+
+
+def quantize(x: np.ndarray, qtype: str, importance: np.ndarray | None = None, *,
+             impl: str = "auto") -> np.ndarray:
     """float array (..., n) -> uint8 (..., n // block_size * type_size) in ggml's `qtype`.
 
     `x` is converted to float32 first (ggml quantizes float32). n must be a multiple of
     the block size; quantized types need finite input. `importance` (n,), one weight per
     column as in llama.cpp's imatrix, selects llama.cpp's weighted quantizers (F32/F16/BF16
-    and Q8_0 ignore it, as llama.cpp does).
+    and Q8_0 ignore it, as llama.cpp does). `impl`: "reference" (the numpy encoders), "fast"
+    (ggml's C quantizer, see `lowbit.ggml.fast`) or "auto" (fast when available).
     """
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"quantize: impl must be one of {', '.join(IMPLEMENTATIONS)}, "
+                         f"got {impl!r}")
     layout = get_layout(qtype)
     name = layout.name
     x = np.asarray(x)
@@ -78,6 +89,10 @@ def quantize(x: np.ndarray, qtype: str, importance: np.ndarray | None = None) ->
     if not np.isfinite(x).all():
         raise ValueError(f"quantize to {name}: input contains NaN or infinity")
     qw = None if importance is None else _check_importance(importance, n, name)
+    row_bytes = n // layout.block_size * layout.type_size
+    if impl == "fast" or (impl == "auto" and fast.available(name)):
+        out = fast.quantize_rows(x.reshape(-1, n), name, row_bytes, qw)
+        return out.reshape(*x.shape[:-1], row_bytes)
     blocks = x.reshape(-1, layout.block_size)
     if qw is not None and name in WEIGHTED_LEGACY:
         out = quantize_legacy_weighted(x.reshape(-1, n), name, qw)
@@ -87,7 +102,7 @@ def quantize(x: np.ndarray, qtype: str, importance: np.ndarray | None = None) ->
         qwb = None if qw is None else np.tile(qw.reshape(-1, layout.block_size),
                                               (blocks.shape[0] * layout.block_size // n, 1))
         out = quantize_kquant(blocks, name, qwb)
-    return out.reshape(*x.shape[:-1], n // layout.block_size * layout.type_size)
+    return out.reshape(*x.shape[:-1], row_bytes)
 
 
 def _check_importance(importance: np.ndarray, n: int, name: str) -> np.ndarray:

@@ -66,7 +66,7 @@ class Traits:
         """Whether every trait of ``scheme`` (and of a layer stored with a column permutation,
         when ``permuted``) is one this kernel handles."""
         have = {
-            "kinds": scheme.element_format.kind, "formats": scheme.format, "bits": scheme.bits,
+            "kinds": scheme.kind, "formats": scheme.format, "bits": scheme.bits,
             "granularities": scheme.granularity, "block_sizes": scheme.block_size,
             "zero_point": not scheme.symmetric, "scale_formats": scheme.scale_format,
             "double_quant": scheme.double_quant, "tensor_scale": scheme.tensor_scale,

@@ -161,6 +161,10 @@ class Method:
         from lowbit.core.scheme import Scheme
 
         scheme = Scheme.parse(scheme) if isinstance(scheme, str) else scheme
+        if scheme.ggml_type and self.name != "rtn":
+            raise ValueError(f"{name}: method {self.name!r} does not quantize to the ggml type "
+                             f"{scheme}; ggml types are written by llama.cpp's own quantizer "
+                             "(method rtn)")
         if self.needs:
             missing = sorted(self.needs if stats is None else stats.missing(self.needs))
             if missing:

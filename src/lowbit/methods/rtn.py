@@ -1,6 +1,7 @@
 """Round-to-nearest: the baseline quantizer. Scales from each group's range, codes by rounding.
 
-It is the plain composition of the primitives in :mod:`lowbit.core.qparams` (where the scale
+For a ggml scheme (``q4_k``) it is llama.cpp's reference quantizer, byte for byte. Otherwise
+it is the plain composition of the primitives in :mod:`lowbit.core.qparams` (where the scale
 rules are written down): take the outliers out, choose the scales, round every weight, pack.
 """
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowbit.core import ggml_blocks
 from lowbit.core.grouping import check_weight
 from lowbit.core.qparams import choose_qparams, quantize_with_qparams
 from lowbit.core.qtensor import QTensor
@@ -23,6 +25,12 @@ if TYPE_CHECKING:
 def quantize_rtn(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight") -> QTensor:
     """Quantize a 2-D weight (out_features x in_features) by round-to-nearest under ``scheme``."""
     scheme = Scheme.parse(scheme)
+    if scheme.ggml_type:  # llama.cpp's own quantizer for its types: byte-exact, via lowbit.ggml
+        w = check_weight(w, name)
+        qt = QTensor(scheme=scheme, shape=(int(w.shape[0]), int(w.shape[1])),
+                     codes=ggml_blocks.quantize_blocks(w, scheme, name))
+        qt.validate(name)
+        return qt
     w = check_weight(w, name, finite=False)  # NaN/Inf show up in the group statistics
     outliers = None
     if scheme.outliers is not None:

@@ -25,7 +25,9 @@ from lowbit.core.scheme import Scheme
 from lowbit.methods.registry import Method, get_method
 from lowbit.nn import QuantLinear
 from lowbit.pipeline.driver import quantize_layer
+from lowbit.pipeline.embeddings import plan_embedding, quantize_embedding
 from lowbit.pipeline.plan import plan_layers
+from lowbit.pipeline.tensor_plan import TensorPlan
 
 if TYPE_CHECKING:
     from lowbit.calibration.stats import LayerStats
@@ -36,9 +38,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QuantizeReport:
-    """What a quantization did: one record per quantized layer, and the time it took."""
+    """What a quantization did: one record per quantized layer (and quantized embedding, with
+    the head it is tied to, if any), and the time it took."""
 
     layers: dict[str, LayerRecord] = field(default_factory=dict)
+    embeddings: dict[str, LayerRecord] = field(default_factory=dict)
+    tied: dict[str, str | None] = field(default_factory=dict)
     seconds: float = 0.0
 
     def add(self, record: LayerRecord) -> None:
@@ -95,9 +100,24 @@ def _replace(model: nn.Module, name: str, scheme: Scheme, method: Method,
     report.add(record)
 
 
+def _plan(model: nn.Module, scheme: Scheme | str | TensorPlan, exclude: Iterable[str] | None,
+          overrides: Mapping[str, Scheme | str] | None, embedding: Scheme | str | None
+          ) -> tuple[dict[str, Scheme], tuple[str, Scheme, str | None] | None]:
+    """The Linears' schemes, and (embedding name, scheme, tied head) when it is quantized."""
+    if isinstance(scheme, TensorPlan):
+        if exclude is not None or overrides or embedding is not None:
+            raise ValueError(f"plan {scheme.name!r} names every tensor's scheme: exclude, "
+                             "overrides and embedding do not apply to it")
+        plan, embedding = scheme.resolve(model), scheme.embedding
+        model.lowbit_plan = scheme.to_json()
+    else:
+        plan, emb = _plan(model, scheme, exclude, overrides, embedding)
+    return plan, None if embedding is None else plan_embedding(model, plan, embedding)
+
+
 def quantize(
     model: nn.Module,
-    scheme: Scheme | str,
+    scheme: Scheme | str | TensorPlan,
     *,
     method: str | Method = "rtn",
     calibration: Calibration | None = None,
@@ -107,14 +127,17 @@ def quantize(
     keep_dtype: torch.dtype = torch.float16,
     progress: bool = True,
     strict: bool = False,
+    embedding: Scheme | str | None = None,
 ) -> QuantizeReport:
     """Replace the model's nn.Linear layers by QuantLinear, in place, using ``method`` (a
     registered name, see :mod:`lowbit.methods`). A data-aware method needs ``calibration``
     (:class:`lowbit.calibration.Calibration`), or, when it needs only ``x2_mean``
-    (``rtn-imatrix``), ``imatrix``: a llama.cpp importance-matrix file read instead. See
-    :func:`plan_layers` for ``exclude`` and ``overrides``. Parameters left in float are
-    rounded to ``keep_dtype``. A scale format that saturates or underflows is a
-    QuantRangeWarning (recorded per layer), a ValueError when ``strict``."""
+    (``rtn-imatrix``), ``imatrix``: a llama.cpp importance-matrix file read instead.
+    ``scheme``: one scheme (with :func:`plan_layers`' ``exclude``/``overrides``) or a
+    :class:`TensorPlan`, recorded as ``model.lowbit_plan``. ``embedding``: quantize the input
+    embedding too (a tied head kept tied). Float parameters are rounded to ``keep_dtype``; a
+    scale format that saturates or underflows warns (recorded per layer), raises when
+    ``strict``."""
     from tqdm import tqdm
 
     from lowbit.calibration.sequential import calibrate_sequential
@@ -125,7 +148,7 @@ def quantize(
     report = QuantizeReport()
     t0 = time.perf_counter()
     # first, so that calibration runs through the kept tensors as they will be stored
-    round_kept_tensors(model, keep_dtype, skip=plan)
+    round_kept_tensors(model, keep_dtype, skip=[*plan, *([emb[0]] if emb else [])])
     if imatrix is not None:
         _quantize_from_imatrix(model, plan, chosen, imatrix, report, strict, progress)
     elif chosen.data_aware:
@@ -149,6 +172,8 @@ def quantize(
                           stacklevel=2)
         for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
             _replace(model, name, plan[name], chosen, None, report, strict)
+    if emb is not None:
+        quantize_embedding(model, *emb, report, strict)
     round_kept_tensors(model, keep_dtype)  # what was tied to a quantized weight
     model.lowbit_keep_dtype = keep_dtype
     report.seconds = time.perf_counter() - t0

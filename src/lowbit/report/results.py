@@ -102,6 +102,8 @@ MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("scheme", "name", "s"),
     ("method", "method", "s"),
     ("bits/w", "bits_per_weight", ".3f"),
+    ("model bits/param", "model_bits_per_param", ".3f"),
+    ("model MB", "model_mb", ".1f"),
     ("size MB", "disk_mb", ".1f"),
     ("PPL", "ppl", ".3f"),
     ("ΔPPL %", "ppl_change_pct", "+.2f"),
@@ -179,16 +181,19 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str | None = No
                                 for i in range(len(headers))) + "|")
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     lines += ["", settings_line(records)]
-    lines += ["", "bits/w: bits per weight of the linear layers (the output head/embedding is "
-              "kept in fp16, not counted); size MB: all tensors as a lowbit checkpoint stores "
-              "them; KL: KL(baseline ‖ model) per scored token over the full vocabulary, "
+    lines += ["", "bits/w: bits per weight of the linear layers (output head excluded); "
+              "model bits/param, model MB: the whole model, embeddings, head and norms included "
+              "(tied tensors once), as a checkpoint stores its tensors; size MB: on disk (a "
+              "checkpoint's files, else its tensors as stored); KL: KL(baseline ‖ model) per "
+              "scored token over the full vocabulary, "
               "natural log; top-1: share of tokens where both models' most likely next token "
               "agree; same pick: share of questions answered as the baseline answered."]
     lines += ["", ARTIFACT_RULE]
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("name", "scheme", "method", "bits_per_weight", "disk_mb", "ppl", "ppl_change_pct",
+CSV_FIELDS = ("name", "scheme", "method", "bits_per_weight", "model_bits_per_param", "model_mb",
+              "disk_mb", "ppl", "ppl_change_pct",
               "kld_mean", "kld_median", "kld_p99", "top1_pct", "choice_acc_pct", "choice_ci_pct",
               "choice_agree_pct", "weight_rel_error", "prefill_tok_s", "decode_tok_s",
               "peak_rss_mb", "artifact", "on_grid_layers", "exact_layers", "n_layers",

@@ -43,17 +43,18 @@ from lowbit.core.module_tree import is_output_head, set_submodule
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.storage.atomic import check_output_path, named_os_error, write_text_atomic
+from lowbit.storage.embeddings import embedding_entry, install_embeddings
 from lowbit.storage.lock import output_lock
 from lowbit.storage.partials import clean_stale, temp_sibling
 from lowbit.storage.safetensors_io import write_file
+from lowbit.storage.tensor_source import META_FILE, QWEIGHT, TensorSource
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "lowbit-checkpoint"
 FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)  # every format version this lowbit reads
-META_FILE = "lowbit.json"
-QWEIGHT = ".qweight."
+EMBEDDINGS_VERSION = 3  # written when an embedding is quantized (the "embeddings" table)
+READ_VERSIONS = (1, 2, 3)  # every format version this lowbit reads
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -202,12 +203,16 @@ def save_config_and_tokenizer(folder: Path, config: Any, tokenizer: Any | None,
 def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | None = None,
          force: bool = False, layer_info: dict[str, LayerRecord] | None = None,
          shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
-    """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder."""
+    """Save a quantized model (see :func:`lowbit.quantize`) as a lowbit checkpoint folder.
+    ``layer_info`` holds the layers' (and quantized embeddings') records."""
     from lowbit.nn import quantized_layers
+    from lowbit.nn_embedding import quantized_embeddings
 
     out = Path(out)
     keep_dtype = getattr(model, "lowbit_keep_dtype", torch.float16)
     qlayers = quantized_layers(model)
+    qembs = quantized_embeddings(model)
+    qmods = {**qlayers, **qembs}
     if not qlayers:
         raise ValueError("the model has no quantized layers; call lowbit.quantize(model, ...) "
                          "first")
@@ -220,20 +225,27 @@ def save(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: Any | Non
         aliases: dict[str, str] = {}
         for name, tensor in model.state_dict(keep_vars=False).items():
             layer, _, part = name.rpartition(".")
-            if layer in qlayers and part in qlayers[layer]._parts:
-                writer.add(layer + QWEIGHT + part, tensor)
-                continue
+            packed = layer in qmods and part in qmods[layer]._parts
+            stored = layer + QWEIGHT + part if packed else name
             ptr = tensor.data_ptr()
             if ptr in seen and tensor.numel() > 0:  # a tied weight: stored once
-                aliases[name] = seen[ptr]
+                aliases[stored] = seen[ptr]
                 continue
-            seen[ptr] = name
-            writer.add(name, tensor.to(keep_dtype) if tensor.is_floating_point() else tensor)
+            seen[ptr] = stored
+            if not packed and tensor.is_floating_point():
+                tensor = tensor.to(keep_dtype)
+            writer.add(stored, tensor)
         writer.flush()
         for name, q in qlayers.items():
             info = (layer_info or {}).get(name) or LayerRecord.of_qtensor(name, q.qweight,
                                                                           q.method, None)
             meta["layers"][name] = layer_entry(q.qweight, bias=q.bias is not None, info=info)
+        if getattr(model, "lowbit_plan", None):
+            meta["plan"] = model.lowbit_plan
+        if qembs:
+            meta["version"] = EMBEDDINGS_VERSION
+            meta["embeddings"] = {name: embedding_entry(model, name, e, layer_info)
+                                  for name, e in qembs.items()}
         meta["tensors"] = writer.weight_map
         meta["files"] = writer.shards
         meta["aliases"] = aliases
@@ -287,37 +299,6 @@ def _version() -> str:
     return __version__
 
 
-class TensorSource:
-    """Reads named tensors from a checkpoint's shards, with errors that name file and tensor."""
-
-    def __init__(self, folder: Path, weight_map: dict[str, str]) -> None:
-        self.folder = folder
-        self.weight_map = weight_map
-        self._open: dict[str, Any] = {}
-
-    def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        file = self.weight_map.get(name)
-        if file is None:
-            raise ValueError(f"{self.folder / META_FILE}: no tensor {name!r} listed")
-        path = self.folder / file
-        if file not in self._open:
-            if not path.exists():
-                raise FileNotFoundError(f"{path} is missing (it should hold tensor {name!r})")
-            if not path.is_file():
-                raise ValueError(f"{path} is not a regular file (it should hold tensor "
-                                 f"{name!r})")
-            try:
-                self._open[file] = safe_open(str(path), framework="pt")
-            except Exception as err:  # safetensors raises its own error types
-                raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
-        try:
-            return self._open[file].get_tensor(name)
-        except Exception as err:
-            raise ValueError(f"{path}: cannot read tensor {name!r}: {err}") from None
-
-
 def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
          verify: bool = True) -> tuple[torch.nn.Module, Any]:
     """Load a lowbit checkpoint as (model with QuantLinear layers, tokenizer). ``verify``
@@ -330,13 +311,17 @@ def load(folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     check_before_load(folder, meta, verify)
     config = read_config(folder)
     model = build_skeleton(folder, config, dtype)
-    source = TensorSource(folder, meta["tensors"])
+    source = TensorSource(folder, meta["tensors"], meta.get("aliases", {}))
     _install_quantized_layers(model, meta, source)
+    install_embeddings(model, meta, source)
     _load_float_tensors(model, meta, source, dtype)
-    model.tie_weights()
+    if not meta.get("embeddings"):  # a quantized embedding holds its tie itself
+        model.tie_weights()
     model.lowbit_keep_dtype = parse_dtype(meta["keep_dtype"])
     if meta.get("source"):
         model.config.lowbit_source = meta["source"]
+    if meta.get("plan"):
+        model.lowbit_plan = meta["plan"]
     tokenizer = read_tokenizer(folder, required=False)
     return model.eval(), tokenizer
 
@@ -353,8 +338,7 @@ def _install_quantized_layers(model: torch.nn.Module, meta: dict, source: Tensor
             scheme = Scheme.from_json(info["scheme"])
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"{META_FILE}: layer {name!r} has an invalid scheme: {err}") from None
-        prefix = name + QWEIGHT
-        parts = {t[len(prefix):]: source.get(t) for t in meta["tensors"] if t.startswith(prefix)}
+        parts = source.parts(name + QWEIGHT)
         qt = QTensor.from_tensors(scheme, tuple(info["shape"]), parts, name=name)
         old = modules[name]
         if (getattr(old, "out_features", None), getattr(old, "in_features", None)) != qt.shape:

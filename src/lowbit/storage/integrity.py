@@ -173,6 +173,7 @@ def _layer_problems(meta: dict[str, Any], headers: dict[str, dict]) -> list[str]
 
     found = {n: headers[f][n] for n, f in meta["tensors"].items()
              if f in headers and n in headers[f]}
+    found.update({a: found[t] for a, t in (meta.get("aliases") or {}).items() if t in found})
     problems = []
     for name, info in meta["layers"].items():
         prefix = name + QWEIGHT

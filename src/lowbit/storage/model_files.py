@@ -87,9 +87,10 @@ def model_problems(folder: Path, meta: dict[str, Any], found: dict[str, tuple]) 
                             f"lowbit.json says {tuple(info['shape'])}")
     aliases = meta.get("aliases") or {}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    quantized = {**meta["layers"], **(meta.get("embeddings") or {})}
     for name, param in model.named_parameters():
         layer, _, part = name.rpartition(".")
-        if layer in meta["layers"] and part == "weight" or QWEIGHT in name:
+        if layer in quantized and part == "weight" or QWEIGHT in name:
             continue
         stored = aliases.get(name, name)
         if stored not in meta["tensors"]:

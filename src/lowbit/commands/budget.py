@@ -1,0 +1,88 @@
+"""``lowbit quantize --target-bpw / --target-size``: measure sensitivity, allocate, quantize."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: calibration windows for sensitivity (each unit x scheme runs them all): small by default
+SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH = 2, 128
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mixed precision to a budget (instead of --scheme/--preset)")
+    g.add_argument("--target-bpw", type=float, metavar="BITS",
+                   help="whole-model bits per parameter, e.g. 4.5")
+    g.add_argument("--target-size", metavar="SIZE", help="whole-model size, e.g. 90MB")
+    g.add_argument("--candidates", metavar="LIST",
+                   help="comma-separated schemes to choose from (default: q2_k..q6_k,q8_0; "
+                        "'any' adds lowbit's own schemes)")
+    g.add_argument("--sensitivity", choices=["kl", "proxy"], default="kl",
+                   help="kl: measured KL per tensor and scheme (default, cached); proxy: "
+                        "importance-weighted weight error (one forward pass, much cheaper)")
+    g.add_argument("--sensitivity-report", metavar="STEM",
+                   help="also write the sensitivity table STEM.md and heatmap STEM.png")
+
+
+def wants_budget(args: argparse.Namespace) -> bool:
+    return args.target_bpw is not None or args.target_size is not None
+
+
+def candidates(args: argparse.Namespace) -> list[str]:
+    from lowbit.budget.plan import ANY_CANDIDATES, GGML_CANDIDATES
+    from lowbit.core.scheme import Scheme
+
+    if not args.candidates:
+        return list(GGML_CANDIDATES)
+    if args.candidates.strip().lower() == "any":
+        return list(ANY_CANDIDATES)
+    names = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    for c in names:
+        Scheme.parse(c)
+    return names
+
+
+def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
+    """Load the model, measure (or read cached) sensitivity, allocate, quantize, save."""
+    from lowbit.budget.plan import budget_plan, parse_size
+    from lowbit.budget.sensitivity import measure_sensitivity
+    from lowbit.calibration import Calibration
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.models import load_model
+    from lowbit.pipeline.inmemory import quantize
+    from lowbit.storage.checkpoint import save
+
+    if args.exclude or args.override or args.embedding:
+        raise ValueError("a budget sets every tensor's scheme: --exclude, --override and "
+                         "--embedding do not apply")
+    target = None if args.target_size is None else parse_size(args.target_size)
+    model, tokenizer = load_model(args.source)
+    if tokenizer is None:
+        raise ValueError(f"{args.source} has no tokenizer: sensitivity needs calibration text")
+    # --calib names the texts; the window count is sensitivity's own small default unless
+    # --calib-tokens asks for more (every unit x candidate runs all of them)
+    cal = Calibration.from_texts(tokenizer, args.calib or [DEFAULT_CALIBRATION_TEXT],
+                                 tokens=args.calib_tokens or SENSITIVITY_WINDOWS * SENSITIVITY_LENGTH,
+                                 length=SENSITIVITY_LENGTH)
+    if args.sensitivity == "proxy":
+        from lowbit.budget.proxy import measure_proxy
+
+        sens = measure_proxy(model, cal, candidates(args))
+    else:
+        sens = measure_sensitivity(model, cal, candidates(args))
+    plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
+                       keep_dtype=keep)
+    print(f"budget           {plan.details['budget_bytes']} bytes; plan "
+          f"{plan.details['predicted_bytes']} bytes ({plan.details['bits_per_param']:.4f} "
+          f"bits/param), {sens.measured} sensitivity runs measured, the rest cached")
+    if args.sensitivity_report:
+        from lowbit.budget.report import write_sensitivity_report
+
+        chosen = {u: str(plan.layers.get(m[0], plan.embedding))
+                  for u, m in sens.units.items()}
+        for path in write_sensitivity_report(sens, args.sensitivity_report, chosen):
+            print(f"sensitivity      {path}")
+    report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict)
+    save(model, out, tokenizer=tokenizer, force=args.force,
+         layer_info={**report.layers, **report.embeddings})
+    return report
