@@ -61,9 +61,9 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         raise ValueError(f"{args.source} has no tokenizer: sensitivity needs calibration text")
     # --calib names the texts; the window count is sensitivity's own small default unless
     # --calib-tokens asks for more (every unit x candidate runs all of them)
+    tokens = args.calib_tokens or SENSITIVITY_WINDOWS * SENSITIVITY_LENGTH
     cal = Calibration.from_texts(tokenizer, args.calib or [DEFAULT_CALIBRATION_TEXT],
-                                 tokens=args.calib_tokens or SENSITIVITY_WINDOWS * SENSITIVITY_LENGTH,
-                                 length=SENSITIVITY_LENGTH)
+                                 tokens=tokens, length=SENSITIVITY_LENGTH)
     if args.sensitivity == "proxy":
         from lowbit.budget.proxy import measure_proxy
 

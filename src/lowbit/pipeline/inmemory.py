@@ -111,7 +111,7 @@ def _plan(model: nn.Module, scheme: Scheme | str | TensorPlan, exclude: Iterable
         plan, embedding = scheme.resolve(model), scheme.embedding
         model.lowbit_plan = scheme.to_json()
     else:
-        plan, emb = _plan(model, scheme, exclude, overrides, embedding)
+        plan = plan_layers(model, scheme, exclude=exclude, overrides=overrides).quantized
     return plan, None if embedding is None else plan_embedding(model, plan, embedding)
 
 
@@ -140,9 +140,7 @@ def quantize(
     ``strict``."""
     from tqdm import tqdm
 
-    from lowbit.calibration.sequential import calibrate_sequential
-
-    plan = plan_layers(model, scheme, exclude=exclude, overrides=overrides).quantized
+    plan, emb = _plan(model, scheme, exclude, overrides, embedding)
     chosen = get_method(method)
     _check_data(chosen, calibration, imatrix)
     report = QuantizeReport()
@@ -152,20 +150,7 @@ def quantize(
     if imatrix is not None:
         _quantize_from_imatrix(model, plan, chosen, imatrix, report, strict, progress)
     elif chosen.data_aware:
-
-        def on_block(stats: dict[str, LayerStats]) -> None:
-            for name, layer_stats in stats.items():
-                _replace(model, name, plan[name], chosen, layer_stats, report, strict,
-                         {"calibration": calibration.fingerprint()})
-
-        def prepare(block: nn.Module, prefix: str, stats: dict[str, LayerStats]) -> bool:
-            cut = len(prefix) + 1
-            return chosen.prepare(block, {n[cut:]: s for n, s in stats.items()},
-                                  {n[cut:]: plan[n] for n in stats}, name=prefix)
-
-        calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
-                             prepare=prepare if chosen.prepare_block else None,
-                             progress=progress)
+        _quantize_calibrated(model, plan, chosen, calibration, report, strict, progress)
     else:
         if calibration is not None:
             warnings.warn(f"method {chosen.name!r} needs no data; calibration is ignored",
@@ -179,6 +164,27 @@ def quantize(
     report.seconds = time.perf_counter() - t0
     log.info("quantized %d layers with %s in %.1f s", len(plan), chosen.name, report.seconds)
     return report
+
+
+def _quantize_calibrated(model: nn.Module, plan: Mapping[str, Scheme], chosen: Method,
+                         calibration: Calibration, report: QuantizeReport, strict: bool,
+                         progress: bool) -> None:
+    """Run the calibration block by block, quantizing each block's Linears from its statistics
+    (after the method's block step, if it has one)."""
+    from lowbit.calibration.sequential import calibrate_sequential
+
+    def on_block(stats: dict[str, LayerStats]) -> None:
+        for name, layer_stats in stats.items():
+            _replace(model, name, plan[name], chosen, layer_stats, report, strict,
+                     {"calibration": calibration.fingerprint()})
+
+    def prepare(block: nn.Module, prefix: str, stats: dict[str, LayerStats]) -> bool:
+        cut = len(prefix) + 1
+        return chosen.prepare(block, {n[cut:]: s for n, s in stats.items()},
+                              {n[cut:]: plan[n] for n in stats}, name=prefix)
+
+    calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
+                         prepare=prepare if chosen.prepare_block else None, progress=progress)
 
 
 def _check_data(method: Method, calibration: Calibration | None,
