@@ -100,17 +100,19 @@ def run_row(row: dict, ctx: Context, done: dict[str, dict]) -> dict:
                                        "top1", "n_scored", "weight_rel_l2", "artifact")}
     else:
         scores = ctx.evaluator(row["model"]).score(model)
-    return {**row, **info, **scores,
+    return {**row, **info, **scores, "threads": ctx.threads,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def header(args: argparse.Namespace, missing: list[str]) -> list[str]:
+def header(args: argparse.Namespace, missing: list[str], finished: list[dict]) -> list[str]:
     load = os.getloadavg()
+    threads = sorted({r.get("threads", 2) for r in finished} or {args.threads})
     return [
         f"Made by `benchmarks/methods_vs_peers.py` (command: `{' '.join(args.argv)}`).",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
-        f"torch {torch.__version__}, {args.threads} torch threads; load average "
+        f"torch {torch.__version__}, torch threads per row: "
+        f"{' or '.join(map(str, threads))} (`threads` in the jsonl); load average "
         f"{load[0]:.1f} when the table was written: times are upper bounds",
         f"- calibration (every tool): {CALIBRATION_TEXT}, lowbit's `Calibration.from_text` "
         f"windows, {args.cal_windows} x {args.cal_length} tokens; llm-compressor gets the same "
@@ -143,7 +145,7 @@ def write(args: argparse.Namespace, done: dict[str, dict], selected: list[dict])
     missing = [r["key"].replace("|", " · ") + (f" (failed: {done[r['key']]['error']})"
                                                if r["key"] in done else " (not run)")
                for r in selected if r["key"] not in done or "error" in done[r["key"]]]
-    write_text_atomic(args.out, report.render(finished, missing, header(args, missing)))
+    write_text_atomic(args.out, report.render(finished, missing, header(args, missing, finished)))
 
 
 def past(deadline: str | None) -> bool:
@@ -161,6 +163,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tools", nargs="+", default=["lowbit", "llama.cpp", "hqq", "llm-compressor"])
     p.add_argument("--schemes", nargs="+", default=None, help="only these scheme names")
     p.add_argument("--only", nargs="+", default=None, help="only these row keys")
+    p.add_argument("--first", nargs="+", default=[],
+                   help="row keys to run first, in this order (the rest follow in order)")
     p.add_argument("--cal-windows", type=int, default=32)
     p.add_argument("--cal-length", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=scoring.EVAL_WINDOWS)
@@ -188,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
                 and (args.only is None or r["key"] in args.only)]
     done = load_done(jsonl)
     ctx = Context(args)
-    for row in [] if args.render_only else selected:
+    first = [r for k in args.first for r in selected if r["key"] == k]
+    order = first + [r for r in selected if r not in first]
+    for row in [] if args.render_only else order:
         if row["key"] in done and not ("error" in done[row["key"]] and args.retry_failed):
             continue
         if past(args.deadline):

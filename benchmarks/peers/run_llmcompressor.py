@@ -53,7 +53,7 @@ def patch_pin_memory() -> None:
 
 def fake_quantized_state(model: torch.nn.Module, keep: set[str]) -> dict[str, torch.Tensor]:
     """The model's float tensors named in ``keep``, each quantized Linear weight replaced by its
-    dequantized value under the module's scale, zero point and quantization args."""
+    dequantized value under the module's scale (rounded to float16), zero point and args."""
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
 
     out = {}
@@ -64,10 +64,9 @@ def fake_quantized_state(model: torch.nn.Module, keep: set[str]) -> dict[str, to
                 continue
             value = p.detach()
             if pname == "weight" and hasattr(module, "weight_scale"):
-                value = fake_quantize(value, module.weight_scale,
-                                      getattr(module, "weight_zero_point", None),
-                                      module.quantization_scheme.weights,
-                                      g_idx=getattr(module, "weight_g_idx", None))
+                scale = module.weight_scale.detach().half().to(value.dtype)  # stored as fp16
+                value = fake_quantize(value, scale, getattr(module, "weight_zero_point", None),
+                                      module.quantization_scheme.weights)
             out[name] = value.float().contiguous().clone()
     return out
 
