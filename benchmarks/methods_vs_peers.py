@@ -108,7 +108,9 @@ def header(args: argparse.Namespace, missing: list[str], finished: list[dict]) -
     load = os.getloadavg()
     threads = sorted({r.get("threads", 2) for r in finished} or {args.threads})
     return [
-        f"Made by `benchmarks/methods_vs_peers.py` (command: `{' '.join(args.argv)}`).",
+        "Made by `benchmarks/methods_vs_peers.py`; rows resume across invocations (each row's "
+        "threads and finish time are in `methods.jsonl`). Last invocation: "
+        f"`{' '.join(args.argv)}`.",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
         f"torch {torch.__version__}, torch threads per row: "
