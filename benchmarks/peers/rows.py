@@ -21,11 +21,11 @@ from .scoring import linear_bits_of_model, load_replaced
 
 PEERS = Path(__file__).resolve().parent
 SMOL, GEMMA = "smollm2-135m", "gemma-3-270m"
-LOWBIT_METHODS = ("rtn", "gptq", "awq", "hqq")
+LOWBIT_METHODS = ("rtn", "gptq", "awq", "hqq", "rtn-imatrix")
 
 
 def _lowbit(model: str, bits: int, group: int) -> list[dict]:
-    """lowbit's four methods: integer zero point (as GPTQ/AWQ/llm-compressor store it), except
+    """lowbit's methods: integer zero point (as GPTQ/AWQ/llm-compressor store it), except
     HQQ, whose solver refines a float zero point (as the hqq package does)."""
     return [{"model": model, "tool": "lowbit", "method": m,
              "scheme": f"int{bits}-asym-g{group}" + ("" if m == "hqq" else "-zpint")}
@@ -50,9 +50,9 @@ def _ggml(model: str, qtypes: tuple[str, ...], lowbit_too: bool = True) -> list[
 
 def catalog() -> list[dict]:
     """Every configured row, in priority order (the most important comparison first)."""
-    rtn, gptq, awq, hqq = _lowbit(SMOL, 4, 64)
+    rtn, gptq, awq, hqq, wrtn = _lowbit(SMOL, 4, 64)
     rows = [rtn, *_ggml(SMOL, ("Q4_0", "Q4_K_M")), gptq, hqq, _peer(SMOL, "hqq", "hqq", 4, 64),
-            _peer(SMOL, "llm-compressor", "gptq", 4, 64), awq,
+            _peer(SMOL, "llm-compressor", "gptq", 4, 64), awq, wrtn,
             _peer(SMOL, "llm-compressor", "awq", 4, 64)]
     for bits in (3, 2):
         rows += [*_lowbit(SMOL, bits, 64), _peer(SMOL, "llm-compressor", "gptq", bits, 64)]
