@@ -124,3 +124,28 @@ def test_cli_quantizes_embedding_and_inspect_shows_it(tiny_hf_dir, tmp_path, cap
     assert code == 0 and "whole model" in text and "bits per parameter" in text
     assert main(["inspect", str(out)]) == 0
     assert "model.embed_tokens [embedding]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("move", ["float32", "cpu", "half"])
+def test_tie_survives_moves(tiny_tokenizer, tmp_path, move) -> None:
+    model = _tied_llama(tiny_tokenizer)
+    lowbit.quantize(model, "int8-sym-g32", embedding="int4-asym-g32", progress=False)
+    nbytes = model_size(model)[0]
+
+    def moved(m: torch.nn.Module) -> torch.nn.Module:
+        return m.half() if move == "half" else m.to(torch.float32 if move == "float32" else move)
+
+    moved(model)
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert emb.qweight.codes is head.qweight.codes and emb.qweight.scale is head.qweight.scale
+    assert emb.weight.dtype == (torch.float16 if move == "half" else torch.float32)
+    before = _logits(model)
+    out = lowbit.save(model, tmp_path / "ck", tokenizer=tiny_tokenizer)
+    meta = json.loads((out / "lowbit.json").read_text())
+    assert not any(t.startswith("lm_head.qweight.") for t in meta["tensors"])
+    assert meta["embeddings"]["model.embed_tokens"]["tied_to"] == "lm_head"
+    assert _stored_tensor_bytes(out) == nbytes == model_size(model)[0]
+    loaded, _ = lowbit.load(out)
+    moved(loaded)
+    assert loaded.lm_head.qweight.codes is loaded.model.embed_tokens.qweight.codes
+    assert torch.equal(_logits(loaded), before)

@@ -53,8 +53,7 @@ def _packed(model: nn.Module) -> dict[tuple[int, int], int]:
     is the layer's ``codes`` (0 for other parts): quantized layers and embeddings alike."""
     out: dict[tuple[int, int], int] = {}
     for m in model.modules():
-        for part in getattr(m, "_parts", ()):
-            t = m._buffers[part]
+        for part, t in (m.qweight.tensors().items() if hasattr(m, "_parts") else ()):
             shape = getattr(m.qweight, "shape", (0, 0)) if part == "codes" else (0, 0)
             out[(t.untyped_storage().data_ptr(), t.storage_offset())] = shape[0] * shape[1]
     return out

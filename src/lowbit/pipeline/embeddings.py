@@ -1,9 +1,10 @@
 """The input embedding as a quantized tensor, with an output head tied to it kept tied.
 
 A tied head (``lm_head.weight`` is ``embed_tokens.weight``) and its embedding take one scheme:
-the head is quantized as a Linear, and the embedding then holds the head's very QTensor, so the
-pair is stored once (as llama.cpp stores ``token_embd`` once for a tied ``output``). An untied
-embedding is quantized by round-to-nearest: there are no activation statistics for a table.
+the head is quantized as a Linear, and the embedding then reads the head's very QTensor (it holds
+the head, so the tie survives ``.to()``): the pair is stored once (as llama.cpp stores
+``token_embd`` once for a tied ``output``). An untied embedding
+is quantized by round-to-nearest: there are no activation statistics for a table.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def quantize_embedding(model: nn.Module, name: str, scheme: Scheme, head: str | 
     from lowbit.pipeline.driver import quantize_layer
 
     old = model.get_submodule(name)
+    layer = None
     if head is not None:
         layer = model.get_submodule(head)
         if not isinstance(layer, QuantLinear):
@@ -66,6 +68,7 @@ def quantize_embedding(model: nn.Module, name: str, scheme: Scheme, head: str | 
         qt, record = layer.qweight, replace(report.layers[head], name=name)
     else:
         qt, record = quantize_layer(name, old.weight.detach(), scheme, "rtn", strict=strict)
-    set_submodule(model, name, QuantEmbedding.replacing(old, qt, method=record.method))
+    set_submodule(model, name, QuantEmbedding.replacing(old, qt, method=record.method,
+                                                           tied_head=layer))
     report.embeddings[name] = record
     report.tied[name] = head

@@ -45,4 +45,19 @@ def install_embeddings(model: torch.nn.Module, meta: dict, source: TensorSource)
         if weight is None or tuple(weight.shape) != qt.shape:
             raise ValueError(f"{name}: stored embedding shape {qt.shape} does not match the "
                              f"model's {None if weight is None else tuple(weight.shape)}")
-        set_submodule(model, name, QuantEmbedding.replacing(old, qt, method=info.get("method")))
+        head = _tied_head(model, name, info.get("tied_to"), qt)
+        set_submodule(model, name, QuantEmbedding.replacing(old, qt, method=info.get("method"),
+                                                            tied_head=head))
+
+
+def _tied_head(model: torch.nn.Module, name: str, head: str | None, qt: QTensor) -> Any:
+    """The QuantLinear named by an embedding's ``tied_to`` (installed first), or None."""
+    from lowbit.nn import QuantLinear
+
+    if head is None:
+        return None
+    layer = dict(model.named_modules()).get(head)
+    if not isinstance(layer, QuantLinear) or layer.qweight.codes is not qt.codes:
+        raise ValueError(f"{META_FILE}: embedding {name!r} is tied_to {head!r}, which is not a "
+                         "quantized layer stored with the same tensors")
+    return layer
