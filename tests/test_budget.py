@@ -126,3 +126,24 @@ def test_proxy_orders_pairs_like_the_measured_kl(tied, calibration, lowbit_cache
         assert per["q8_0"] < per["int2-asym-g32"], unit
     plan = budget_plan(tied, proxy, target_bpw=6.0)
     assert plan.details["predicted_bytes"] * 8 <= 6.0 * model_size(tied)[1]
+
+
+@pytest.mark.parametrize("target", [80_000, 100_000])
+def test_target_file_gguf_bounds_the_exported_file(tiny_gguf, tmp_path, capsys, target,
+                                                   lowbit_cache) -> None:
+    ck, out = tmp_path / "ck", tmp_path / "out.gguf"
+    assert main(["quantize", str(tiny_gguf), "--target-size", str(target), "--target-file",
+                 "gguf", "--candidates", "q8_0,q5_1,q5_0,q4_1,q4_0", "--sensitivity", "proxy",
+                 "-o", str(ck), "--calibration-text", "sotu-1980-1999.txt"]) == 0
+    assert f"budget           {target} GGUF file bytes" in capsys.readouterr().out
+    assert main(["export", str(ck), "-o", str(out)]) == 0
+    size = out.stat().st_size
+    assert target - 2048 < size <= target
+
+
+def test_target_file_gguf_needs_a_gguf_source(tiny_hf_dir, tmp_path, capsys,
+                                              lowbit_cache) -> None:
+    assert main(["quantize", str(tiny_hf_dir), "--target-size", "90KB", "--target-file", "gguf",
+                 "--candidates", "q8_0,q4_0", "--sensitivity", "proxy", "-o",
+                 str(tmp_path / "c"), "--calibration-text", "sotu-1980-1999.txt"]) != 0
+    assert "--target-file gguf: the model has no GGUF" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """A budgeted plan: the scheme of every unit chosen so that the whole model fits a size.
 
-The budget covers the whole model as a checkpoint stores it: the units' quantized bytes plus
-everything kept in float (norms, biases, any tensor not in a unit, in the keep dtype). The
+The budget covers the whole model's tensors as a checkpoint stores them: the units' quantized
+bytes plus everything kept in float (norms, biases, any tensor not in a unit, in the keep dtype);
+or, given ``fixed``, the units' bytes plus that overhead (a GGUF file's, ``export.gguf_size``). The
 plan's ``details`` hold the budget, the predicted bytes and the summed sensitivity.
 """
 
@@ -44,16 +45,17 @@ def fixed_bytes(model: nn.Module, sens: Sensitivity, keep_dtype: torch.dtype) ->
 
 
 def budget_plan(model: nn.Module, sens: Sensitivity, *, target_bytes: int | None = None,
-                target_bpw: float | None = None,
-                keep_dtype: torch.dtype = torch.float16) -> TensorPlan:
+                target_bpw: float | None = None, keep_dtype: torch.dtype = torch.float16,
+                fixed: int | None = None) -> TensorPlan:
     """The plan of least summed KL whose whole model fits ``target_bytes`` (or
-    ``target_bpw`` bits per parameter of the whole model)."""
+    ``target_bpw`` bits per parameter of the whole model). ``fixed``: the bytes outside the
+    units (default :func:`fixed_bytes`, a checkpoint's; a GGUF file's overhead instead)."""
     if (target_bytes is None) == (target_bpw is None):
         raise ValueError("give exactly one of target_bytes (--target-size) or target_bpw "
                          "(--target-bpw)")
     _, params = model_size(model, keep_dtype)
     budget = target_bytes if target_bytes is not None else int(target_bpw * params // 8)
-    fixed = fixed_bytes(model, sens, keep_dtype)
+    fixed = fixed_bytes(model, sens, keep_dtype) if fixed is None else fixed
     try:
         choice = allocate(sens.nbytes, sens.kl, budget - fixed)
     except ValueError as err:

@@ -13,7 +13,14 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixed precision to a budget (instead of --scheme/--preset)")
     g.add_argument("--target-bpw", type=float, metavar="BITS",
                    help="whole-model bits per parameter, e.g. 4.5")
-    g.add_argument("--target-size", metavar="SIZE", help="whole-model size, e.g. 90MB")
+    g.add_argument("--target-size", metavar="SIZE",
+                   help="whole-model size, e.g. 90MB: the tensors' bytes as a checkpoint stores "
+                        "them (no JSON/config/tokenizer files) unless --target-file gguf")
+    g.add_argument("--target-file", choices=["tensors", "gguf"], default="tensors",
+                   help="what the target measures: tensors (default: the model's tensor bytes) "
+                        "or gguf (the size of the file `lowbit export` writes: header, "
+                        "metadata, tokenizer, F32 norms and padding included; needs a GGUF or "
+                        "built-in source)")
     g.add_argument("--candidates", metavar="LIST",
                    help="comma-separated schemes to choose from (default: q2_k..q6_k,q8_0; "
                         "'any' adds lowbit's own schemes)")
@@ -70,9 +77,12 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         sens = measure_proxy(model, cal, candidates(args))
     else:
         sens = measure_sensitivity(model, cal, candidates(args))
+    fixed = _gguf_fixed(model, sens, keep) if args.target_file == "gguf" else None
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
-                       keep_dtype=keep)
-    print(f"budget           {plan.details['budget_bytes']} bytes; plan "
+                       keep_dtype=keep, fixed=fixed)
+    what = ("GGUF file bytes" if fixed is not None
+            else "tensor bytes as a checkpoint stores them")
+    print(f"budget           {plan.details['budget_bytes']} {what}; plan "
           f"{plan.details['predicted_bytes']} bytes ({plan.details['bits_per_param']:.4f} "
           f"bits/param), {sens.measured} sensitivity runs measured, the rest cached")
     if args.sensitivity_report:
@@ -86,3 +96,11 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
     save(model, out, tokenizer=tokenizer, force=args.force,
          layer_info={**report.layers, **report.embeddings})
     return report
+
+
+def _gguf_fixed(model, sens, keep) -> int:
+    """The GGUF export's bytes beyond the units' quantized data (see ``export.gguf_size``)."""
+    from lowbit.export.gguf_size import gguf_overhead
+
+    modules = [m for unit in sens.units.values() for m in unit]
+    return gguf_overhead(model, modules, keep)

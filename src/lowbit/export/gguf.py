@@ -282,6 +282,23 @@ def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     return int(np.prod(lead, dtype=np.int64)) * (row // block_size(qtype)) * type_size(qtype)
 
 
+def write_head(writer: Any, reader: Any, file_type: int, entries: list[_Entry],
+               imatrix: Imatrix | None = None) -> None:
+    """Write everything before the tensor data: header, metadata (the template's, with
+    ``file_type``), and the tensor infos of ``entries``."""
+    import gguf
+
+    meta.copy_metadata(reader, writer, file_type)
+    if imatrix is not None:
+        add_imatrix_metadata(writer, imatrix)
+    for e in entries:
+        writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), _nbytes(e.shape, e.qtype),
+                               raw_dtype=gguf.GGMLQuantizationType[e.qtype])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+
+
 def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Entry], *,
            arch_config: Any, progress: bool, imatrix: Imatrix | None = None) -> None:
     import gguf
@@ -290,16 +307,7 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
     tmp = temp_sibling(out)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        meta.copy_metadata(reader, writer, file_type)
-        if imatrix is not None:
-            add_imatrix_metadata(writer, imatrix)
-        for e in entries:
-            writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32),
-                                   _nbytes(e.shape, e.qtype),
-                                   raw_dtype=gguf.GGMLQuantizationType[e.qtype])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
+        write_head(writer, reader, file_type, entries, imatrix)
         items = entries
         if progress:
             from tqdm.auto import tqdm
