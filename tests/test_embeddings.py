@@ -149,3 +149,26 @@ def test_tie_survives_moves(tiny_tokenizer, tmp_path, move) -> None:
     moved(loaded)
     assert loaded.lm_head.qweight.codes is loaded.model.embed_tokens.qweight.codes
     assert torch.equal(_logits(loaded), before)
+
+
+def _whole_model_line(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("whole model"))
+
+
+def test_inspect_prints_the_whole_model_line_as_quantize_does(tiny_hf_dir, tiny_tokenizer,
+                                                              tmp_path, capsys) -> None:
+    out = tmp_path / "ck"
+    assert main(["quantize", str(tiny_hf_dir), "--scheme", "q8_0", "--embedding", "q4_0",
+                 "-o", str(out)]) == 0
+    quantize_line = _whole_model_line(capsys.readouterr().out)
+    assert main(["inspect", str(out)]) == 0
+    assert _whole_model_line(capsys.readouterr().out) == quantize_line
+    model = _tied_llama(tiny_tokenizer)  # a tied table counted once, in bytes and parameters
+    params = _unique_params(model)
+    lowbit.quantize(model, "int8-sym-g32", embedding="int4-asym-g32", progress=False)
+    nbytes = model_size(model)[0]
+    tied = lowbit.save(model, tmp_path / "tied", tokenizer=tiny_tokenizer)
+    assert nbytes == _stored_tensor_bytes(tied)
+    assert main(["inspect", str(tied)]) == 0
+    line = _whole_model_line(capsys.readouterr().out)
+    assert f"{nbytes * 8 / params:.4f} bits per parameter ({params / 1e6:.1f} M" in line

@@ -148,7 +148,11 @@ def _print_whole_model(out: Path) -> None:
     from lowbit.storage.checkpoint import load
 
     model, _ = load(out)
-    nbytes, params = model_size(model)
+    _whole_model_line(*model_size(model))
+
+
+def _whole_model_line(nbytes: int, params: int) -> None:
+    """Print the whole model's bytes and bits per parameter, as quantize and inspect show it."""
     print(f"whole model      {_human(nbytes)}, {nbytes * 8 / params:.4f} bits per parameter "
           f"({params / 1e6:.1f} M parameters, embeddings and head included, tied ones once)")
 
@@ -222,6 +226,9 @@ def _print_layer_table(args: argparse.Namespace) -> None:
           f"{_human(total_b)}, {total_b * 8 / total_w:.4f} bits/weight; kept tensors in "
           f"{meta['keep_dtype']}; source {src.get('name', '?')} "
           f"(sha256 {str(src.get('sha256', '?'))[:12]}...)")
+    from lowbit.eval.layers import checkpoint_model_size
+
+    _whole_model_line(*checkpoint_model_size(args.checkpoint))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

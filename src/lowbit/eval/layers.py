@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,28 @@ def folder_bytes(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def checkpoint_model_size(folder: str | Path) -> tuple[int, int]:
+    """:func:`model_size` of a lowbit checkpoint, from ``lowbit.json`` and the safetensors
+    headers alone (no tensor data read): stored tensors once, aliases (tied ones) not again."""
+    from lowbit.storage.checkpoint import read_metadata
+    from lowbit.storage.safetensors_io import read_header
+    from lowbit.storage.tensor_source import QWEIGHT
+
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    shapes = {n: i["shape"] for n, i in {**meta["layers"], **(meta.get("embeddings") or {})}
+              .items()}
+    headers = {f: read_header(folder / f) for f in sorted(set(meta["tensors"].values()))}
+    total = params = 0
+    for name, file in meta["tensors"].items():
+        info = headers[file][name]
+        numel = math.prod(info.shape)
+        total += numel * torch.empty((), dtype=info.dtype).element_size()
+        layer, sep, part = name.partition(QWEIGHT)
+        if sep:
+            params += math.prod(shapes[layer]) if part == "codes" else 0
+        elif info.dtype.is_floating_point:
+            params += numel
+    return total, params
