@@ -7,8 +7,6 @@ import argparse
 import time
 from pathlib import Path
 
-DEFAULT_TOKENS = 32 * 512  # the calibration default of quantize: 32 windows of 512 tokens
-
 
 def cmd_imatrix(args: argparse.Namespace) -> int:
     from lowbit.calibration import Calibration
@@ -44,7 +42,7 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from lowbit.calibration.windows import DEFAULT_BATCH, DEFAULT_LENGTH
+    from lowbit.calibration.windows import DEFAULT_BATCH, DEFAULT_LENGTH, DEFAULT_TOKENS
     from lowbit.data import DEFAULT_CALIBRATION_TEXT
     from lowbit.ggml.imatrix import FORMATS
 
