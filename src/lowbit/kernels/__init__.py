@@ -8,10 +8,11 @@ Pick per model or per layer::
     lowbit.kernels.layers(model)                                # what each layer chose and ran
 
 Add one: build a :class:`Kernel` in a new module and :func:`register` it; import that module
-here so it is registered with the package.
+here so it is registered with the package. ``triton_linear`` registers the ``triton`` kernel
+(CUDA) when triton is installed, without importing it.
 """
 
-from lowbit.kernels import reference
+from lowbit.kernels import reference, triton_linear
 from lowbit.kernels.choice import (
     KernelChoice,
     LayerKernels,
@@ -38,5 +39,5 @@ from lowbit.kernels.registry import (
 __all__ = [
     "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "get",
     "layers", "names", "quant_layers", "reference", "register", "reset_ran", "saved", "select",
-    "tally", "unregister", "use", "using",
+    "tally", "triton_linear", "unregister", "use", "using",
 ]
