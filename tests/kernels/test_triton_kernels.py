@@ -158,3 +158,23 @@ def test_empty_input_and_bad_calls(device: torch.device) -> None:
         run(torch.randn(2, 64).to(device), qt, path="fast")
     with pytest.raises(ValueError, match="at most 8 rows"):
         run(torch.randn(9, 64).to(device), qt, path="gemv")
+
+
+def test_a_model_runs_through_the_interpreted_kernel() -> None:
+    """QuantLinear layers dispatch to the kernel registered for the CPU (the interpreter) and
+    agree with the reference kernel's output within the bound."""
+    if CUDA:
+        pytest.skip("a CUDA GPU is present: triton compiles here")
+    from lowbit.kernels import triton_linear
+
+    kernel = triton_linear.register_interpreted()
+    try:
+        from lowbit.nn import QuantLinear
+
+        layer = QuantLinear.from_linear(torch.nn.Linear(96, 40, bias=False), "nvfp4")
+        x = torch.randn(3, 96, dtype=torch.bfloat16)
+        y = layer.to(torch.bfloat16)(x)
+        assert layer.kernels_ran == {kernel.name}
+        check(x, layer.qweight, y)
+    finally:
+        lowbit.kernels.unregister(kernel.name)

@@ -16,6 +16,7 @@ Triton's interpreter: that is how they are tested without a GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from lowbit.kernels.registry import Kernel, register
 from lowbit.kernels.triton_layout import TRAITS, fits, prepare, spec
 
 NAME = "triton"
+INTERPRETED = "triton-interpret"
 DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
 OPTIONS = (("path", "auto"), ("split_k", 0))
 
@@ -59,6 +61,21 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
 def available() -> bool:
     """Whether triton is installed (checked without importing it)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def register_interpreted() -> Kernel:
+    """Register this kernel for CPU tensors too, as ``triton-interpret``: Triton's interpreter
+    runs it (``TRITON_INTERPRET=1`` must be set before triton is imported). Slow: it is there
+    to run a whole model through the kernels without a GPU (tests, ``speed_gpu.py
+    --interpret-smoke``), not for speed. Returns the registered kernel."""
+    from lowbit.kernels import registry, triton_launch
+
+    if not triton_launch.interpreting():
+        raise RuntimeError("register_interpreted() needs triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before triton is first imported")
+    if INTERPRETED in registry.names():
+        return registry.get(INTERPRETED)
+    return register(dataclasses.replace(KERNEL, name=INTERPRETED, devices=frozenset({"cpu"})))
 
 
 KERNEL = Kernel(NAME, linear, traits=TRAITS, devices={"cuda"}, dtypes=DTYPES, priority=10,
