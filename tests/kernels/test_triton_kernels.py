@@ -178,3 +178,20 @@ def test_a_model_runs_through_the_interpreted_kernel() -> None:
         check(x, layer.qweight, y)
     finally:
         lowbit.kernels.unregister(kernel.name)
+
+
+def test_e8m0_edge_scales(device: torch.device) -> None:
+    """E8M0 scale codes 0 (2**-127, a float32 subnormal), 1, 127 and 200, and 255 (NaN), built
+    from their bit patterns in the kernel, give what the reference's decoder gives."""
+    qt = weight("mxfp4", (4, 160))
+    qt.scale[:3] = torch.tensor([0, 1, 127, 200, 100], dtype=torch.uint8)
+    qt.scale[3] = 255
+    qt = on(qt, device)
+    x = torch.ones(2, 160, device=device)
+    for path in ("gemv", "gemm"):
+        y = run(x, qt, path=path).double()
+        w = qt.dequantize().to(device).double()
+        ref, size = x.double() @ w.T, x.double().abs() @ w.abs().T
+        assert torch.isnan(y[:, 3]).all() and torch.isnan(ref[:, 3]).all()
+        err = (y - ref)[:, :3].abs()
+        assert bool((err <= (160 + 2) * U32 * size[:, :3]).all())  # the module's bound, fp32

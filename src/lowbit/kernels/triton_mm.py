@@ -53,7 +53,8 @@ def _dequant(codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr, n, 
     elif SCALE == 1:
         c = tl.load(scale_ptr + sidx, mask=mask, other=1).to(tl.int32)
         bits = tl.where(c == 0, 0x400000, c << 23)  # 2**(c - 127); 2**-127 is subnormal
-        s = tl.where(c == 255, float("nan"), bits.to(tl.float32, bitcast=True))
+        bits = tl.where(c == 255, 0x7FC00000, bits)  # E8M0's NaN code
+        s = bits.to(tl.float32, bitcast=True)
     else:
         c = tl.load(scale_ptr + sidx, mask=mask, other=0).to(tl.int32)
         s = tl.load(scale_lut_ptr + c)
