@@ -38,7 +38,8 @@ CASES = [
 ]
 for kind, xdt, bits, dec, sc, zero, ts, sdt in CASES:
     gemv = kind == "gemv"
-    sig = {"x_ptr": "*" + xdt, "out_ptr": "*fp32" if gemv else "*" + xdt, "codes_ptr": "*u8",
+    sig = {"x_ptr": "*" + xdt, "out_ptr": "*fp32" if gemv and bits == 8 else "*" + xdt,
+           "codes_ptr": "*u8",
            "scale_ptr": "*" + sdt, "zero_ptr": "*u8" if zero == 2 else "*" + sdt,
            "lut_ptr": "*fp32", "scale_lut_ptr": "*fp32", "ts_ptr": "*fp32", "M": "i32",
            "N": "i32", "K": "i32", "stride_sn": "i32", "GS": "i32"}

@@ -94,7 +94,8 @@ def split_for(device: torch.device, n_tiles: int, k_steps: int) -> int:
 
 def gemv(x: torch.Tensor, shape: tuple[int, int], layout: Mapping[str, torch.Tensor], sp: Spec,
          *, split_k: int = 0) -> torch.Tensor:
-    """The decode kernel: float32 partial sums per K slice, added here, cast to x's dtype."""
+    """The decode kernel: one launch when K is not split; float32 partial sums per K slice,
+    added here and cast to x's dtype, when it is."""
     m, k = x.shape
     n = shape[0]
     block_m = _next_pow2(m)
@@ -106,13 +107,13 @@ def gemv(x: torch.Tensor, shape: tuple[int, int], layout: Mapping[str, torch.Ten
         raise ValueError(f"split_k must be >= 1 (or 0 for automatic), got {split_k}")
     per_split = -(-k_steps // min(splits, k_steps)) * GEMV_BLOCK_K
     splits = -(-k // per_split)
-    out = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    out = torch.empty((splits, m, n), dtype=x.dtype if splits == 1 else torch.float32,
+                      device=x.device)
     stride_sn, gs = _scale_args(shape, layout, sp)
     kernels_for(x.device).gemv_kernel[(n_tiles, splits)](
         x, out, *_pointers(layout), m, n, k, stride_sn, gs, per_split, **sp.constexprs(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=GEMV_BLOCK_K)
-    y = out[0] if splits == 1 else out.sum(0)
-    return y.to(x.dtype)
+    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
 
 
 def gemm(x: torch.Tensor, shape: tuple[int, int], layout: Mapping[str, torch.Tensor], sp: Spec

@@ -93,7 +93,8 @@ def gemv_kernel(x_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_l
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode (a few rows of ``x``): program (i, s) sums output columns ``i*BLOCK_N..`` over
     the s-th slice of ``K_PER_SPLIT`` inputs (split-K), every row of ``x`` at once, in float32,
-    into ``out[s]`` (float32, (splits, M, N)); the host adds the slices."""
+    into ``out[s]`` ((splits, M, N): float32 partial sums the host adds, or with one slice the
+    result itself, in x's dtype)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -113,7 +114,9 @@ def gemv_kernel(x_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_l
         prod = x.to(tl.float32)[:, None, :] * w[None, :, :]
         acc += tl.sum(prod, axis=2)
     out = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
-    tl.store(out, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    acc = _round_as(acc, out_ptr.dtype.element_ty)
+    tl.store(out, acc.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 @triton.jit
