@@ -195,3 +195,16 @@ def test_e8m0_edge_scales(device: torch.device) -> None:
         assert torch.isnan(y[:, 3]).all() and torch.isnan(ref[:, 3]).all()
         err = (y - ref)[:, :3].abs()
         assert bool((err <= (160 + 2) * U32 * size[:, :3]).all())  # the module's bound, fp32
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("scheme", ["int4-asym-g128", "nvfp4", "fp8-e4m3-channel"])
+def test_quantlinear_on_cuda_runs_triton(scheme: str) -> None:
+    """A layer moved to the GPU picks the triton kernel by itself, on both paths."""
+    from lowbit.nn import QuantLinear
+
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 96, bias=False), scheme).cuda()
+    for rows in (1, 24):
+        x = torch.randn(rows, 256, dtype=torch.bfloat16, device="cuda")
+        check(x, layer.qweight, layer(x))
+    assert layer.kernels_ran == {"triton"}
