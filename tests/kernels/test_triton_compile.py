@@ -46,7 +46,7 @@ for kind, xdt, bits, dec, sc, zero, ts, sdt in CASES:
     const = dict(BITS=bits, DECODE=dec, SCALE=sc, ZERO=zero, HAS_TS=ts)
     if gemv:
         sig["K_PER_SPLIT"] = "i32"
-        const.update(BLOCK_M=8, BLOCK_N=4, BLOCK_K=128)
+        const.update(BLOCK_M=8, BLOCK_N=4, BLOCK_K=128, PAIRED=bits == 4 and sc != 1)
     else:
         const.update(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, DOT_F32=xdt == "fp32")
     sig.update({k: "constexpr" for k in const})

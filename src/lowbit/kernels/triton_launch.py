@@ -112,7 +112,8 @@ def gemv(x: torch.Tensor, shape: tuple[int, int], layout: Mapping[str, torch.Ten
     stride_sn, gs = _scale_args(shape, layout, sp)
     kernels_for(x.device).gemv_kernel[(n_tiles, splits)](
         x, out, *_pointers(layout), m, n, k, stride_sn, gs, per_split, **sp.constexprs(),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=GEMV_BLOCK_K)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=GEMV_BLOCK_K,
+        PAIRED=sp.bits == 4 and k % 2 == 0)
     return out[0] if splits == 1 else out.sum(0).to(x.dtype)
 
 

@@ -28,11 +28,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _dequant(codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr, n, k, N, K,
-             k_end, stride_sn, GS, BITS: tl.constexpr, DECODE: tl.constexpr, SCALE: tl.constexpr,
-             ZERO: tl.constexpr, HAS_TS: tl.constexpr):
-    """float32 weights at rows ``n`` and columns ``k`` (index tensors that broadcast to the
-    tile's shape) of the (N, K) weight; 0 at rows ``>= N`` and columns ``>= k_end``."""
+def _codes(codes_ptr, n, k, N, K, k_end, BITS: tl.constexpr):
+    """int32 codes at rows ``n`` and columns ``k`` (index tensors that broadcast to the tile's
+    shape) of the (N, K) weight, any K (4-bit rows of odd K start mid-byte); 0 outside."""
     mask = (n < N) & (k < k_end)
     e = n * K + k
     if BITS == 4:
@@ -40,6 +38,27 @@ def _dequant(codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr, n, 
         code = (byte >> ((e % 2) * 4)) & 0xF
     else:
         code = tl.load(codes_ptr + e, mask=mask, other=0).to(tl.int32)
+    return code
+
+
+@triton.jit
+def _codes_paired(codes_ptr, offs_n, k0, N, K, k_end, BLOCK_K: tl.constexpr):
+    """4-bit codes of rows ``offs_n`` and columns ``k0 .. k0 + BLOCK_K``, one load per byte
+    (both nibbles), for an even K and k0: row n's bytes start at ``n * K // 2``."""
+    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    mask = (offs_n[:, None] < N) & (j[None, :] * 2 < k_end)
+    byte = tl.load(codes_ptr + offs_n[:, None] * (K // 2) + j[None, :], mask=mask,
+                   other=0).to(tl.int32)
+    return tl.interleave(byte & 0xF, (byte >> 4) & 0xF)
+
+
+@triton.jit
+def _dequant(code, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr, n, k, N, k_end,
+             stride_sn, GS, BITS: tl.constexpr, DECODE: tl.constexpr, SCALE: tl.constexpr,
+             ZERO: tl.constexpr, HAS_TS: tl.constexpr):
+    """float32 weights of the codes ``code`` at rows ``n`` and columns ``k`` (index tensors
+    that broadcast to the tile's shape); 0 at rows ``>= N`` and columns ``>= k_end``."""
+    mask = (n < N) & (k < k_end)
     if DECODE == 0:
         half = 1 << (BITS - 1)
         v = tl.where(code >= half, code - 2 * half, code).to(tl.float32)
@@ -90,11 +109,11 @@ def gemv_kernel(x_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_l
                 M, N, K, stride_sn, GS, K_PER_SPLIT,
                 BITS: tl.constexpr, DECODE: tl.constexpr, SCALE: tl.constexpr,
                 ZERO: tl.constexpr, HAS_TS: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr):
     """Decode (a few rows of ``x``): program (i, s) sums output columns ``i*BLOCK_N..`` over
     the s-th slice of ``K_PER_SPLIT`` inputs (split-K), every row of ``x`` at once, in float32,
     into ``out[s]`` ((splits, M, N): float32 partial sums the host adds, or with one slice the
-    result itself, in x's dtype)."""
+    result itself, in x's dtype). ``PAIRED``: 4-bit codes, K even (see ``_codes_paired``)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -107,8 +126,12 @@ def gemv_kernel(x_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_l
         kmask = offs_k < k_end
         x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :],
                     mask=(offs_m[:, None] < M) & kmask[None, :], other=0.0)
-        w = _dequant(codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr,
-                     offs_n[:, None], offs_k[None, :], N, K, k_end, stride_sn, GS,
+        if PAIRED:
+            code = _codes_paired(codes_ptr, offs_n, k0, N, K, k_end, BLOCK_K)
+        else:
+            code = _codes(codes_ptr, offs_n[:, None], offs_k[None, :], N, K, k_end, BITS)
+        w = _dequant(code, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr,
+                     offs_n[:, None], offs_k[None, :], N, k_end, stride_sn, GS,
                      BITS, DECODE, SCALE, ZERO, HAS_TS)
         w = _round_as(w, x_ptr.dtype.element_ty)  # the reference's weight, in x's dtype
         prod = x.to(tl.float32)[:, None, :] * w[None, :, :]
@@ -141,8 +164,9 @@ def gemm_kernel(x_ptr, out_ptr, codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_l
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :],
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = _dequant(codes_ptr, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr,
-                     offs_n[None, :], offs_k[:, None], N, K, K, stride_sn, GS,
+        code = _codes(codes_ptr, offs_n[None, :], offs_k[:, None], N, K, K, BITS)
+        w = _dequant(code, scale_ptr, zero_ptr, lut_ptr, scale_lut_ptr, ts_ptr,
+                     offs_n[None, :], offs_k[:, None], N, K, stride_sn, GS,
                      BITS, DECODE, SCALE, ZERO, HAS_TS)
         w = _round_as(w, x_ptr.dtype.element_ty)
         if DOT_F32:
