@@ -27,7 +27,6 @@ SPLIT_PROGRAMS_PER_SM = 4  # split K until there are about this many programs pe
 PATHS = ("auto", "gemv", "gemm")
 
 
-
 def interpreting() -> bool:
     """Whether triton runs in its interpreter in this process: ``TRITON_INTERPRET=1`` must be
     set before triton is first imported, because triton's own library functions are jitted,

@@ -10,8 +10,9 @@ Up to 8 rows of activations (decode) run a split-K GEMV kernel, more rows a ``tl
 Registered only when triton can be imported (it is an optional dependency, ``lowbit[triton]``);
 importing this module does not import triton, which is loaded on the first call. Options:
 ``path`` (``auto``, ``gemv``, ``gemm``) and ``split_k`` (the GEMV's K slices; 0: automatic).
-Called with CPU tensors (e.g. ``kernels.get("triton").linear(...)``), the same kernels run in
-Triton's interpreter: that is how they are tested without a GPU.
+In a process where ``TRITON_INTERPRET=1`` was set before triton was imported, the same
+kernels run on CPU tensors in Triton's interpreter (``linear`` called directly, or
+:func:`register_interpreted` for whole models): that is how they are tested without a GPU.
 """
 
 from __future__ import annotations
