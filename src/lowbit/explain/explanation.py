@@ -95,7 +95,7 @@ def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | s
     views = [analyze(w, s, name=tensor) for s in parsed]
     formats = {v.qtensor.scheme.element_format.name: format_view(v.qtensor.scheme)
                for v in views}
-    firsts = {s.element_format.name: s for s in parsed}
+    firsts = {s.format: s for s in parsed}  # int4-sym and int4-asym: one comparison
     comps = [compare(w, s) for s in firsts.values()]
     weights = w.numpy()
     exp = Explanation(str(model), tensor, weights, formats, views, comps,

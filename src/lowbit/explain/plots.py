@@ -90,7 +90,7 @@ def plot_grid(weights: np.ndarray, view: SchemeView, path: Path) -> Path:
     if out.size:
         axes[0].plot(out, np.ones_like(out), "v", color="#e08000", markersize=7,
                      label=f"{out.size} outliers (> {OUTLIER_SIGMAS:g} sd from the mean)")
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=8, loc="upper right")
     axes[0].set_title(f"{view.scheme}: all {flat.size} weights (log count), typical block's grid",
                       fontsize=10)
     _block_panel(axes[1], view.typical, "typical block")
@@ -126,7 +126,7 @@ def plot_errors(views: list[SchemeView], path: Path) -> Path:
     ax_b.set_xlabel("relative error per block")
     ax_b.set_ylabel("blocks")
     for ax in (ax_w, ax_b):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -150,7 +150,7 @@ def plot_comparison(comparisons: list[Comparison], path: Path) -> Path:
     ax.set_xlabel("bits per weight (scales and zero points included)")
     ax.set_ylabel("relative error of the tensor")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title("symmetric vs asymmetric, block size (channel = one scale per row)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
