@@ -22,6 +22,8 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, td.bits { font-family: ui-monospace, monospace; }
 figure { margin: 1em 0; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; }
+.row figure { flex: 1 1 0; min-width: 420px; margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 14px; color: #555; }
 .note { background: #f4f4f4; border-left: 4px solid #999; padding: 0.5em 1em; }
@@ -33,6 +35,11 @@ def _figure(exp: Explanation, key: str, caption: str) -> str:
     uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return (f'<figure><img src="{uri}" alt="{html.escape(key)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _row(figures: list[str]) -> str:
+    """Figures side by side (they wrap on a narrow window)."""
+    return '<div class="row">' + "".join(figures) + "</div>"
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -67,29 +74,28 @@ def _sections(exp: Explanation) -> list[str]:
     for name, view in exp.formats.items():
         parts.append(f"<p><b>{html.escape(name)}</b>: {html.escape(view.description)}. "
                      f"Values: {html.escape(', '.join(f'{v:g}' for v in view.values))}</p>")
-        parts.append(_figure(exp, f"format {name}", f"{name}: bit fields, every value, and the "
-                                                    "gap between neighbouring values"))
+    parts.append(_row([_figure(exp, f"format {name}", f"{name}: bit fields, every value, and "
+                               "the gap between neighbouring values") for name in exp.formats]))
     parts.append("<h2>2. The tensor against the grid</h2>")
-    for v in exp.schemes:
-        parts.append(_figure(exp, f"grid {v.scheme}", f"{v.scheme}: the tensor's histogram "
-                             "with a typical block's grid, outliers marked; the typical "
-                             "(median-error) block and the worst block with their own grids"))
+    parts.append(_row([_figure(exp, f"grid {v.scheme}", f"{v.scheme}: the tensor's histogram "
+                               "with a typical block's grid, outliers marked; the typical "
+                               "(median-error) block and the worst block with their own grids")
+                       for v in exp.schemes]))
     parts.append("<h2>3. The error</h2>")
     parts.append(_table(["scheme", "bits/weight", "relative error", "worst block (row, block)",
                          "worst block error"],
                         [[v.scheme, f"{v.bits_per_weight:.4f}", f"{v.rel_error:.5g}",
                           f"({v.worst.row}, {v.worst.block})", f"{v.worst.rel_error:.4g}"]
                          for v in exp.schemes]))
-    for v in exp.schemes:
-        parts.append(_figure(exp, f"heatmap {v.scheme}", f"{v.scheme}: relative error of "
-                             "every block (rows x blocks)"))
-    parts.append(_figure(exp, "errors", "error distributions: per weight and per block"))
-    parts.append(_figure(exp, "comparison", "this tensor under sym and asym scales and every "
-                         "block size: error against bits per weight"))
+    parts.append(_row([_figure(exp, f"heatmap {v.scheme}", f"{v.scheme}: relative error of "
+                               "every block (rows x blocks)") for v in exp.schemes]))
+    parts.append(_row([_figure(exp, "errors", "error distributions: per weight and per block"),
+                       _figure(exp, "comparison", "this tensor under sym and asym scales and "
+                               "every block size: error against bits per weight")]))
     parts.append("<h2>4. Bit for bit</h2>")
-    for t in exp.traces:
-        parts.append(f"<h3>{html.escape(t.scheme)}</h3>")
-        parts.append(_table(["step", "value"], _trace_rows(t)))
+    parts.append(_row([f"<div><h3>{html.escape(t.scheme)}</h3>"
+                       + _table(["step", "value"], _trace_rows(t)) + "</div>"
+                       for t in exp.traces]))
     parts.append("<h2>5. Sensitivity</h2>")
     parts.append(f'<p class="note">{html.escape(exp.sensitivity)}</p>')
     return parts

@@ -38,7 +38,7 @@ def plot_format(view: FormatView, path: Path) -> Path:
     """Bit layout, every value, and the spacing between neighbours across the range."""
     plt = _pyplot()
     fig, (ax_bits, ax_vals, ax_gap) = plt.subplots(
-        3, 1, figsize=(9, 5.2), gridspec_kw={"height_ratios": [0.8, 1, 1.6]})
+        3, 1, figsize=(7, 4.2), gridspec_kw={"height_ratios": [0.8, 0.8, 1.4]})
     x = 0
     for label, n in view.fields:
         colour = _FIELD_COLOURS.get(label, "#d9c27b")
