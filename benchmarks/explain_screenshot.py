@@ -48,11 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lowbit-explain-") as tmp:
         printed = run(Path(tmp) / "explain", args.width, args.height)
+    printed = "\n".join(ln for ln in printed.splitlines() if not ln.startswith("wrote "))
     command = f"lowbit explain {MODEL} {TENSOR} " + " ".join(f"--scheme {s}" for s in SCHEMES)
     text = (f"# lowbit explain on a real tensor\n\n"
             f"Made by `benchmarks/explain_screenshot.py`: `{command}`; the page's screenshot "
-            f"is `explain_screenshot.png`. What the command printed (paths are the script's "
-            f"scratch folder):\n\n```\n{printed.rstrip()}\n```\n")
+            f"is `explain_screenshot.png`. What the command printed (the trace's checkpoints "
+            f"are written under the script's scratch folder):\n\n```\n{printed.rstrip()}\n```\n")
     write_text_atomic(RESULTS / "explain.md", text)
     print(text)
 
