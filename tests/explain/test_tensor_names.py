@@ -40,3 +40,22 @@ def test_real_folder_and_cli_errors(tiny_hf_dir, tmp_path, capsys):
                "-o", str(tmp_path / "x")])
     assert rc == 2 and "no tensor matches 'no_such_tensor'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_lowbit_checkpoint_source_gives_the_dequantized_weight(tiny_llama, tmp_path):
+    import lowbit
+
+    model, tok = tiny_llama
+    lowbit.quantize(model, "int4-sym-g32")
+    ckpt = lowbit.save(model, tmp_path / "ckpt", tokenizer=tok)
+    name, w = find_tensor(ckpt, "layers.1.self_attn.q_proj")
+    assert name == "model.layers.1.self_attn.q_proj.weight"
+    layer = model.get_submodule("model.layers.1.self_attn.q_proj")
+    assert w.equal(layer.qweight.dequantize())
+
+
+def test_gguf_source(tiny_gguf):
+    name, w = find_tensor(tiny_gguf, "layers.0.mlp.down_proj")
+    assert name == "model.layers.0.mlp.down_proj.weight" and w.dim() == 2
+    with pytest.raises(TensorNotFound, match="ambiguous"):
+        find_tensor(tiny_gguf, "down_proj")
