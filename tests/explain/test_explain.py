@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lowbit.core.scheme import Scheme
-from lowbit.explain import explain
-from lowbit.explain.formatview import format_view
+from lowbit.explainer import explain
+from lowbit.explainer.formatview import format_view
 
 
 def _weight() -> torch.Tensor:
@@ -60,3 +60,14 @@ def test_format_views():
 def test_ggml_scheme_is_refused_clearly():
     with pytest.raises(ValueError, match="ggml type q4_k"):
         explain(None, "w", ["q4_k"], data=torch.randn(4, 256))
+
+
+def test_top_level_explain_stays_a_function():
+    """Importing the package must not replace ``lowbit.explain`` by a module."""
+    import lowbit
+
+    w = _weight()
+    first = lowbit.explain(None, "w", "int4-sym-g32", data=w)
+    second = lowbit.explain(None, "w", "int4-sym-g32", data=w)
+    assert callable(lowbit.explain) and isinstance(second, lowbit.Explanation)
+    assert first.schemes[0].rel_error == second.schemes[0].rel_error

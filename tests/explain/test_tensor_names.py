@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lowbit.cli import main
-from lowbit.explain.source import TensorNotFound, find_tensor, match_tensor
+from lowbit.explainer.source import TensorNotFound, find_tensor, match_tensor
 
 NAMES = [f"model.layers.{i}.mlp.{p}.weight" for i in (0, 1, 11) for p in ("up_proj", "down_proj")]
 

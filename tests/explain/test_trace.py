@@ -12,9 +12,9 @@ import torch
 
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
-from lowbit.explain import explain
-from lowbit.explain.analyze import analyze
-from lowbit.explain.trace import trace_weight
+from lowbit.explainer import explain
+from lowbit.explainer.analyze import analyze
+from lowbit.explainer.trace import trace_weight
 
 SCHEMES = ["int4-sym-g32", "int3-asym-g64", "int5-asym-g16-zpint", "nf4-g64", "mxfp4",
            "int8-sym-channel", "fp8-e4m3-g32-dq"]

@@ -18,7 +18,7 @@ def _weight(text: str) -> tuple[int, int]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain the tensor, write the page and figures, print the summary."""
-    from lowbit.explain import explain
+    from lowbit.explainer import explain
 
     out = Path(args.output)
     exp = explain(args.model, args.tensor, args.scheme, out=out, weight=args.weight)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from lowbit.storage.atomic import write_text_atomic
 
 if TYPE_CHECKING:
-    from lowbit.explain.explanation import Explanation
-    from lowbit.explain.trace import WeightTrace
+    from lowbit.explainer.explanation import Explanation
+    from lowbit.explainer.trace import WeightTrace
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;

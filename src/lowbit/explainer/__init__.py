@@ -4,6 +4,6 @@
 under a scheme, ``trace`` follows one weight into a checkpoint's bytes, ``plots`` and ``page``
 draw it, and ``explanation`` ties them together (:func:`explain`)."""
 
-from lowbit.explain.explanation import Explanation, explain
+from lowbit.explainer.explanation import Explanation, explain
 
 __all__ = ["Explanation", "explain"]

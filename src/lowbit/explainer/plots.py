@@ -1,4 +1,4 @@
-"""PNG figures of an :class:`~lowbit.explain.explanation.Explanation` (matplotlib, Agg backend)."""
+"""PNG figures of an :class:`~lowbit.explainer.explanation.Explanation` (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowbit.explain.analyze import OUTLIER_SIGMAS, BlockView, Comparison, SchemeView, outlier_mask
-from lowbit.explain.formatview import FormatView
+from lowbit.explainer.analyze import OUTLIER_SIGMAS, BlockView, Comparison, SchemeView, outlier_mask
+from lowbit.explainer.formatview import FormatView
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from lowbit.core.scheme import Scheme
-from lowbit.explain.analyze import Comparison, SchemeView, analyze, compare, outlier_mask
-from lowbit.explain.formatview import FormatView, format_view
-from lowbit.explain.trace import WeightTrace, trace_weight
+from lowbit.explainer.analyze import Comparison, SchemeView, analyze, compare, outlier_mask
+from lowbit.explainer.formatview import FormatView, format_view
+from lowbit.explainer.trace import WeightTrace, trace_weight
 
 SENSITIVITY_NOTE = ("sensitivity rank: not computed here. The budget's KL (and its cheaper "
                     "x^2-weighted proxy) need calibration text run through the whole model; "
@@ -72,12 +72,12 @@ def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | s
             data: torch.Tensor | None = None) -> Explanation:
     """Explain how ``tensor`` of ``model`` is quantized under each of ``schemes``.
 
-    ``tensor`` is a name or a pattern (see :func:`lowbit.explain.source.match_tensor`); pass
+    ``tensor`` is a name or a pattern (see :func:`lowbit.explainer.source.match_tensor`); pass
     ``data`` (a 2-D float tensor) instead of a model to explain a tensor you already hold. With
     ``out`` the figures, the page (``explain.html``) and one single-layer checkpoint per scheme
     (for the bit-for-bit trace) are written there. ``weight`` (row, col) picks the traced weight.
     """
-    from lowbit.explain.source import find_tensor
+    from lowbit.explainer.source import find_tensor
 
     schemes = [schemes] if isinstance(schemes, str) else list(schemes)
     if not schemes:
@@ -108,7 +108,7 @@ def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | s
 def _write(exp: Explanation, w: torch.Tensor, out: Path, weight: tuple[int, int] | None
            ) -> None:
     """Traces (with their checkpoints), PNGs and the HTML page into ``out``."""
-    from lowbit.explain import page, plots
+    from lowbit.explainer import page, plots
 
     out.mkdir(parents=True, exist_ok=True)
     for i, v in enumerate(exp.schemes):
