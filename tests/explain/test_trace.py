@@ -87,3 +87,12 @@ def test_default_trace_is_the_worst_blocks_largest_error(tmp_path):
     lo, hi = block * 32, min(w.shape[1], (block + 1) * 32)
     errors = (view.qtensor.dequantize() - w)[row, lo:hi].abs()
     assert (t.row, t.col) == (row, lo + int(errors.argmax()))
+
+
+def test_an_outlier_weight_is_traced_as_kept_exactly(tmp_path):
+    w = _weight()
+    view = analyze(w, "int4-sym-g32-out4")
+    t = trace_weight(view.qtensor, w, "layer.weight", 5, 77, tmp_path / "ckpt")
+    assert t.outlier and t.dequantized == w[5, 77].item() and t.error == 0.0
+    other = trace_weight(view.qtensor, w, "layer.weight", 0, 0, tmp_path / "ckpt2")
+    assert not other.outlier

@@ -63,7 +63,8 @@ def _trace_rows(t: WeightTrace) -> list[list[object]]:
         ["where the code is", f"byte {t.byte_offset}, bits {t.bit}..{t.bit + t.bits - 1} "
                               "(bit 0 = least significant; codes are a little-endian stream)"],
         ["stored byte(s)", t.stored_bytes],
-        ["dequantized", f"{t.dequantized:.8g}"],
+        ["dequantized", f"{t.dequantized:.8g}" + (" (an outlier: kept exactly in fp32, its "
+                                                   "code is not used)" if t.outlier else "")],
         ["error", f"{t.error:.4g} ({t.error / t.weight:.3g} relative)" if t.weight
                   else f"{t.error:.4g}"],
     ]

@@ -25,7 +25,8 @@ class WeightTrace:
     code is bits ``bit`` .. ``bit + bits - 1`` of the little-endian bit stream that starts at
     byte ``byte_offset`` (the bytes there are ``stored_bytes``); ``data_offset`` is where the
     tensor ``stored_name`` starts. ``dequantized`` is code_value x scale (+ zero), ``error``
-    dequantized - weight."""
+    dequantized - weight. ``outlier``: the weight is kept exactly (fp32) apart from the grid,
+    so its code is stored but not used."""
 
     tensor: str
     scheme: str
@@ -49,6 +50,7 @@ class WeightTrace:
     stored_bytes: str
     dequantized: float
     error: float
+    outlier: bool = False
 
 
 def float32_bits(x: float) -> str:
@@ -130,6 +132,8 @@ def _assemble(qt: QTensor, w: torch.Tensor, tensor: str, row: int, col: int, fol
     zeros = qt.effective_zero()
     weight = float(w[row, col])
     deq = float(qt.dequantize()[row, col])
+    flat = row * qt.shape[1] + col
+    outlier = qt.outlier_index is not None and bool((qt.outlier_index == flat).any())
     return WeightTrace(
         tensor=tensor, scheme=str(scheme), row=row, col=col, block=block, weight=weight,
         float32_bits=float32_bits(weight), scale=float(qt.effective_scale()[r, block]),
@@ -138,4 +142,4 @@ def _assemble(qt: QTensor, w: torch.Tensor, tensor: str, row: int, col: int, fol
         code_value=code_value, bits=scheme.bits, checkpoint=str(folder), file=str(file),
         stored_name=stored_name, data_offset=data_offset, byte_offset=byte_offset, bit=bit,
         stored_bytes=" ".join(format(b, "08b") for b in raw), dequantized=deq,
-        error=deq - weight)
+        error=deq - weight, outlier=outlier)
