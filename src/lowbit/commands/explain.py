@@ -21,7 +21,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from lowbit.explainer import explain
 
     out = Path(args.output)
-    exp = explain(args.model, args.tensor, args.scheme, out=out, weight=args.weight)
+    exp = explain(args.model, args.tensor, args.scheme, out=out, weight=args.weight,
+                  sensitivity=args.sensitivity)
     print(exp.summary())
     print(f"wrote {exp.files['page']} ({len(exp.files) - 1} figures and one checkpoint per "
           f"scheme under {out})")
@@ -45,4 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight", type=_weight, metavar="ROW,COL",
                    help="the weight to follow bit for bit (default: the largest error in the "
                         "worst block)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="look the tensor's sensitivity rank up in the budget's cache (loads the "
+                        "model; measures nothing)")
     p.set_defaults(handler=cmd_explain)

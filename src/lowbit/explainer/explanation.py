@@ -12,11 +12,13 @@ import torch
 from lowbit.core.scheme import Scheme
 from lowbit.explainer.analyze import Comparison, SchemeView, analyze, compare, outlier_mask
 from lowbit.explainer.formatview import FormatView, format_view
+from lowbit.explainer.sensitivity import SensitivityRank
 from lowbit.explainer.trace import WeightTrace, trace_weight
 
-SENSITIVITY_NOTE = ("sensitivity rank: not computed here. The budget's KL (and its cheaper "
-                    "x^2-weighted proxy) need calibration text run through the whole model; "
-                    "`lowbit quantize --target-bpw ...` measures and caches it for every tensor.")
+SENSITIVITY_NOTE = ("sensitivity: not looked up (--sensitivity, sensitivity=True, reads the "
+                    "budget's cache for this tensor's rank; measuring it runs calibration text "
+                    "through the model once per tensor and scheme: `lowbit quantize MODEL "
+                    "--target-bpw B`)")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Explanation:
     traces: list[WeightTrace] = field(default_factory=list)
     outliers: int = 0
     sensitivity: str = SENSITIVITY_NOTE
+    ranks: list[SensitivityRank] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -54,6 +57,8 @@ class Explanation:
                          f"{t.code} ({t.code_value:g}) at byte {t.byte_offset} bit {t.bit} of "
                          f"{Path(t.file).name} -> {t.dequantized:.6g} (error {t.error:.3g})")
         lines.append("  " + self.sensitivity)
+        for r in self.ranks:
+            lines.append(f"    {r.scheme}: rank {r.rank} of {r.units} (KL {r.kl:.3g})")
         return "\n".join(lines)
 
 
@@ -69,13 +74,14 @@ def _traced_weight(view: SchemeView, weight: tuple[int, int] | None) -> tuple[in
 
 def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | str, *,
             out: str | os.PathLike | None = None, weight: tuple[int, int] | None = None,
-            data: torch.Tensor | None = None) -> Explanation:
+            data: torch.Tensor | None = None, sensitivity: bool = False) -> Explanation:
     """Explain how ``tensor`` of ``model`` is quantized under each of ``schemes``.
 
     ``tensor`` is a name or a pattern (see :func:`lowbit.explainer.source.match_tensor`); pass
     ``data`` (a 2-D float tensor) instead of a model to explain a tensor you already hold. With
     ``out`` the figures, the page (``explain.html``) and one single-layer checkpoint per scheme
     (for the bit-for-bit trace) are written there. ``weight`` (row, col) picks the traced weight.
+    ``sensitivity`` looks the tensor's rank up in the budget's cache (loads the model).
     """
     from lowbit.explainer.source import find_tensor
 
@@ -100,6 +106,10 @@ def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | s
     weights = w.numpy()
     exp = Explanation(str(model), tensor, weights, formats, views, comps,
                       outliers=int(outlier_mask(weights.reshape(-1)).sum()))
+    if sensitivity and model is not None:
+        from lowbit.explainer.sensitivity import cached_ranks
+
+        exp.ranks, exp.sensitivity = cached_ranks(model, tensor)
     if out is not None:
         _write(exp, w, Path(out), weight)
     return exp

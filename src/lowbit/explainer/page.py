@@ -99,6 +99,9 @@ def _sections(exp: Explanation) -> list[str]:
                        for t in exp.traces]))
     parts.append("<h2>5. Sensitivity</h2>")
     parts.append(f'<p class="note">{html.escape(exp.sensitivity)}</p>')
+    if exp.ranks:
+        parts.append(_table(["scheme", "rank (1 = most sensitive)", "of units", "mean KL"],
+                            [[r.scheme, r.rank, r.units, f"{r.kl:.4g}"] for r in exp.ranks]))
     return parts
 
 
