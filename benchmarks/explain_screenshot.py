@@ -44,7 +44,7 @@ def main() -> None:
     """Parse options, run, write the summary next to the screenshot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=3200)
+    parser.add_argument("--height", type=int, default=2600)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lowbit-explain-") as tmp:
         printed = run(Path(tmp) / "explain", args.width, args.height)

@@ -10,6 +10,7 @@ import torch
 
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
+from lowbit.formats import IntFormat
 
 OUTLIER_SIGMAS = 6.0  # a weight is marked as an outlier beyond this many standard deviations
 
@@ -72,7 +73,7 @@ def _grid(qt: QTensor, row: int, block: int) -> tuple[float, float | None, np.nd
     zeros = qt.effective_zero()
     zero = None if zeros is None else float(zeros[r, block])
     codes = fmt.all_codes()
-    v = fmt.decode_int(codes).double() if hasattr(fmt, "decode_int") else fmt.decode(codes).double()
+    v = (fmt.decode_int(codes) if isinstance(fmt, IntFormat) else fmt.decode(codes)).double()
     v = v[torch.isfinite(v)]
     if zero is not None and scheme.zero_point == "int":
         grid = (v - zero) * scale

@@ -104,7 +104,8 @@ def explain(model: str | os.PathLike | None, tensor: str, schemes: list[str] | s
     firsts = {s.format: s for s in parsed}  # int4-sym and int4-asym: one comparison
     comps = [compare(w, s) for s in firsts.values()]
     weights = w.numpy()
-    exp = Explanation(str(model), tensor, weights, formats, views, comps,
+    label = "(tensor given as data)" if model is None else str(model)
+    exp = Explanation(label, tensor, weights, formats, views, comps,
                       outliers=int(outlier_mask(weights.reshape(-1)).sum()))
     if sensitivity and model is not None:
         from lowbit.explainer.sensitivity import cached_ranks
