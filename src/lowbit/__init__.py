@@ -45,6 +45,8 @@ _LAZY = {
     "quantize_with_qparams": ("lowbit.core.qparams", "quantize_with_qparams"),
     "dequantize_codes": ("lowbit.core.qparams", "dequantize_codes"),
     "Scheme": ("lowbit.core.scheme", "Scheme"),
+    "explain": ("lowbit.explainer", "explain"),
+    "Explanation": ("lowbit.explainer", "Explanation"),
     "WeightError": ("lowbit.eval.weights", "WeightError"),
     "weight_error": ("lowbit.eval.weights", "weight_error"),
 }

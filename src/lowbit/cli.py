@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lowbit.commands import cache as cache_commands
     from lowbit.commands import evaluate as eval_commands
+    from lowbit.commands import explain as explain_commands
     from lowbit.commands import export as export_commands
     from lowbit.commands import imatrix as imatrix_commands
     from lowbit.commands import models as model_commands
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_commands.add_parsers(sub)
     imatrix_commands.add_parsers(sub)
     cache_commands.add_parsers(sub)
+    explain_commands.add_parsers(sub)
 
     from lowbit.commands.demo import add_arguments as add_demo_arguments
 
