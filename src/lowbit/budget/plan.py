@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lowbit.budget.allocate import allocate
-from lowbit.budget.sensitivity import Sensitivity
+from lowbit.budget.units import Sensitivity
 from lowbit.core.scheme import Scheme
 from lowbit.eval.layers import model_size
 from lowbit.pipeline.tensor_plan import TensorPlan

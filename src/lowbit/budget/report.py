@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from lowbit.budget.sensitivity import Sensitivity
+from lowbit.budget.units import Sensitivity
 from lowbit.storage.atomic import write_text_atomic
 from lowbit.storage.partials import temp_sibling
 

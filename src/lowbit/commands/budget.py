@@ -27,8 +27,25 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sensitivity", choices=["kl", "proxy"], default="kl",
                    help="kl: measured KL per tensor and scheme (default, cached); proxy: "
                         "importance-weighted weight error (one forward pass, much cheaper)")
+    g.add_argument("--sensitivity-anchors", type=_anchors, default="2", metavar="N|all",
+                   help="with --sensitivity kl: schemes measured per tensor (default 2, the "
+                        "cheapest and one further up); the others are placed by the proxy's "
+                        "ratio within the tensor. 'all' measures every pair (slower, exact)")
     g.add_argument("--sensitivity-report", metavar="STEM",
                    help="also write the sensitivity table STEM.md and heatmap STEM.png")
+
+
+def _anchors(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--sensitivity-anchors {text!r}: give a count of at "
+                                         "least 1, or 'all'")
+    return n
 
 
 def wants_budget(args: argparse.Namespace) -> bool:
@@ -76,7 +93,8 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
 
         sens = measure_proxy(model, cal, candidates(args))
     else:
-        sens = measure_sensitivity(model, cal, candidates(args))
+        sens = measure_sensitivity(model, cal, candidates(args),
+                                   anchors=args.sensitivity_anchors)
     fixed = _gguf_fixed(model, sens, keep) if args.target_file == "gguf" else None
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
                        keep_dtype=keep, fixed=fixed)
@@ -84,7 +102,9 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
             else "tensor bytes as a checkpoint stores them")
     print(f"budget           {plan.details['budget_bytes']} {what}; plan "
           f"{plan.details['predicted_bytes']} bytes ({plan.details['bits_per_param']:.4f} "
-          f"bits/param), {sens.measured} sensitivity runs measured, the rest cached")
+          f"bits/param), {sens.measured} sensitivity runs measured now, "
+          f"{sens.pairs_measured() - sens.measured} cached, "
+          f"{sum(map(len, sens.placed.values()))} placed by the proxy")
     if args.sensitivity_report:
         from lowbit.budget.report import write_sensitivity_report
 
