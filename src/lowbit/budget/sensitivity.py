@@ -109,18 +109,24 @@ def _unit(unit: str, w: torch.Tensor, schemes: list[Scheme], entries: dict[str, 
 
 def measure_sensitivity(model: nn.Module, calibration: Calibration, candidates: list[str],
                         *, anchors: int | None = DEFAULT_ANCHORS, cache: bool = True,
-                        progress: bool = True) -> Sensitivity:
+                        progress: bool = True, only: list[str] | None = None) -> Sensitivity:
     """KL and bytes of every unit of the float ``model`` under every candidate scheme
-    (measured at ``anchors`` schemes per unit and placed by the proxy; None: all measured)."""
+    (measured at ``anchors`` schemes per unit and placed by the proxy; None: all measured).
+    ``only``: these units alone (a KeyError names one the model lacks)."""
     from tqdm import tqdm
 
     schemes = [Scheme.parse(c) for c in candidates]
-    units = sensitivity_units(model)
+    units = every = sensitivity_units(model)
+    if only is not None:
+        missing = [u for u in only if u not in units]
+        if missing:
+            raise KeyError(f"sensitivity units not in the model: {missing[:3]}")
+        units = {u: m for u, m in units.items() if u in only}
     weights = {u: model.get_submodule(m[0]).weight for u, m in units.items()}
     result = Sensitivity(units, {u: w.numel() for u, w in weights.items()})
     path = _cache_file(model, calibration) if cache else None
     stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    runs = _Runs(model, calibration, units)
+    runs = _Runs(model, calibration, every)
     per_unit = {u: unit_candidates(w, schemes) for u, w in weights.items()}
     bar = tqdm(total=sum(map(len, per_unit.values())), desc="sensitivity", unit="pair",
                disable=not progress)
