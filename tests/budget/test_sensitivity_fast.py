@@ -40,11 +40,12 @@ def test_kl_reference_is_zero_for_the_same_logits_and_checks_shapes() -> None:
         KLReference(base).per_token([torch.randn(4, 51)])
 
 
-def test_anchors_start_from_the_cheapest_and_spread() -> None:
+def test_anchors_sit_at_the_centres_of_equal_slices() -> None:
     names = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
-    assert choose_anchors(names, 2) == ["q2_k", "q4_k"]
-    assert choose_anchors(names, 1) == ["q2_k"]
-    assert choose_anchors(names, 3) == ["q2_k", "q3_k", "q5_k"]
+    assert choose_anchors(names, 1) == ["q4_k"]
+    assert choose_anchors(names, 2) == ["q3_k", "q6_k"]
+    assert choose_anchors(names, 3) == ["q2_k", "q4_k", "q6_k"]
+    assert choose_anchors(names[:4], 1) == ["q3_k"]
     assert choose_anchors(names, None) == names == choose_anchors(names, 9)
     with pytest.raises(ValueError, match="anchors"):
         choose_anchors(names, 0)

@@ -11,9 +11,10 @@ the measured anchors carry the comparison *between* units, where it is not:
   error both the KL (a second-order expansion, ``½ δᵀFδ``) and the proxy are quadratic in the
   error, so their ratio is the unit's constant.
 
-Anchors are the unit's candidates in order of stored bytes at evenly spaced positions starting
-from the cheapest (two anchors of q2_k..q8_0: q2_k and q4_k), where the KL is large enough to
-measure well and where the allocation's choices are hardest.
+Anchors are the unit's candidates in order of stored bytes, one at the centre of each of
+``k`` equal slices of that order: one anchor of q2_k..q8_0 is q4_k, two are q3_k and q6_k. A
+placed scheme is then never more than a slice's half-width from a measured one, and the middle
+of the range, where budgets of 3-6 bits per parameter choose, is measured.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def choose_anchors(by_bytes: Sequence[str], count: int | None) -> list[str]:
         return list(by_bytes)
     if count < 1:
         raise ValueError(f"sensitivity anchors must be at least 1 (or all), got {count}")
-    return list(dict.fromkeys(by_bytes[(i * (n - 1)) // count] for i in range(count)))
+    return list(dict.fromkeys(by_bytes[((2 * i + 1) * n - 1) // (2 * count)]
+                              for i in range(count)))
 
 
 def place(measured: Mapping[str, float], proxy: Mapping[str, float]) -> dict[str, float]:

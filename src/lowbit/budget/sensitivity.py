@@ -35,12 +35,27 @@ from lowbit.core.scheme import Scheme
 from lowbit.methods.rtn import quantize_rtn
 from lowbit.storage.atomic import write_text_atomic
 
-__all__ = ["DEFAULT_ANCHORS", "Sensitivity", "measure_sensitivity", "sensitivity_units",
-           "unit_candidates"]
+__all__ = ["DEFAULT_ANCHORS", "LENGTH", "WINDOWS", "Sensitivity", "default_calibration",
+           "measure_sensitivity", "sensitivity_units", "unit_candidates"]
 
 CACHE_VERSION = "kl-v2"
-#: measured schemes per unit by default: the cheapest and the one (n-1)//2 places up
-DEFAULT_ANCHORS = 2
+#: calibration for sensitivity by default: every KL run covers all of it, so it is small. 256
+#: tokens give a median standard error of a few percent per measured KL
+#: (benchmarks/results/sensitivity.md), well below the factors between schemes and units
+WINDOWS, LENGTH = 2, 128
+#: measured schemes per unit by default: one, the middle candidate by bytes (q4_k of
+#: q2_k..q8_0); benchmarks/results/sensitivity.md compares 1 and 2 with all measured
+DEFAULT_ANCHORS = 1
+
+
+def default_calibration(tokenizer: Any, texts: list[str] | None = None,
+                        tokens: int | None = None) -> Calibration:
+    """Sensitivity's calibration: ``tokens`` (default ``WINDOWS*LENGTH``) in windows of
+    ``LENGTH`` from ``texts`` (default: the default calibration text)."""
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+
+    return Calibration.from_texts(tokenizer, texts or [DEFAULT_CALIBRATION_TEXT],
+                                  tokens=tokens or WINDOWS * LENGTH, length=LENGTH)
 
 
 def _cache_file(model: nn.Module, calibration: Calibration) -> Path:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: calibration windows for sensitivity (each unit x scheme runs them all): small by default
-SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH = 2, 128
-
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixed precision to a budget (instead of --scheme/--preset)")
@@ -27,9 +24,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sensitivity", choices=["kl", "proxy"], default="kl",
                    help="kl: measured KL per tensor and scheme (default, cached); proxy: "
                         "importance-weighted weight error (one forward pass, much cheaper)")
-    g.add_argument("--sensitivity-anchors", type=_anchors, default="2", metavar="N|all",
-                   help="with --sensitivity kl: schemes measured per tensor (default 2, the "
-                        "cheapest and one further up); the others are placed by the proxy's "
+    g.add_argument("--sensitivity-anchors", type=_anchors, default="1", metavar="N|all",
+                   help="with --sensitivity kl: schemes measured per tensor (default 1, the "
+                        "middle candidate by size); the others are placed by the proxy's "
                         "ratio within the tensor. 'all' measures every pair (slower, exact)")
     g.add_argument("--sensitivity-report", metavar="STEM",
                    help="also write the sensitivity table STEM.md and heatmap STEM.png")
@@ -69,9 +66,7 @@ def candidates(args: argparse.Namespace) -> list[str]:
 def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
     """Load the model, measure (or read cached) sensitivity, allocate, quantize, save."""
     from lowbit.budget.plan import budget_plan, parse_size
-    from lowbit.budget.sensitivity import measure_sensitivity
-    from lowbit.calibration import Calibration
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.budget.sensitivity import default_calibration, measure_sensitivity
     from lowbit.models import load_model
     from lowbit.pipeline.inmemory import quantize
     from lowbit.storage.checkpoint import save
@@ -85,9 +80,7 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         raise ValueError(f"{args.source} has no tokenizer: sensitivity needs calibration text")
     # --calib names the texts; the window count is sensitivity's own small default unless
     # --calib-tokens asks for more (every unit x candidate runs all of them)
-    tokens = args.calib_tokens or SENSITIVITY_WINDOWS * SENSITIVITY_LENGTH
-    cal = Calibration.from_texts(tokenizer, args.calib or [DEFAULT_CALIBRATION_TEXT],
-                                 tokens=tokens, length=SENSITIVITY_LENGTH)
+    cal = default_calibration(tokenizer, args.calib, args.calib_tokens)
     if args.sensitivity == "proxy":
         from lowbit.budget.proxy import measure_proxy
 
