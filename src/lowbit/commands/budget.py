@@ -28,6 +28,10 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --sensitivity kl: schemes measured per tensor (default 1, the "
                         "middle candidate by size); the others are placed by the proxy's "
                         "ratio within the tensor. 'all' measures every pair (slower, exact)")
+    g.add_argument("--refine-swaps", type=int, default=0, metavar="N",
+                   help="interactions: measure the whole plan's KL and N budget-neutral swaps "
+                        "per round (2 rounds), keeping a swap that measures better (default 0: "
+                        "off; the allocation takes KL as additive)")
     g.add_argument("--sensitivity-report", metavar="STEM",
                    help="also write the sensitivity table STEM.md and heatmap STEM.png")
 
@@ -91,6 +95,14 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
     fixed = _gguf_fixed(model, sens, keep) if args.target_file == "gguf" else None
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
                        keep_dtype=keep, fixed=fixed)
+    if args.refine_swaps > 0:
+        from lowbit.budget.refine import refine_plan
+
+        plan = refine_plan(model, cal, sens, plan, swaps=args.refine_swaps)
+        r = plan.details["refine"]
+        print(f"refine           measured plan KL {r['measured_kl']:.5f} (summed "
+              f"{plan.details['summed_kl']:.5f}); {r['tried']} swaps measured, "
+              f"{len(r['applied'])} applied; KL now {r['final_kl']:.5f}")
     what = ("GGUF file bytes" if fixed is not None
             else "tensor bytes as a checkpoint stores them")
     print(f"budget           {plan.details['budget_bytes']} {what}; plan "
@@ -99,11 +111,11 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
           f"{sens.pairs_measured() - sens.measured} cached, "
           f"{sum(map(len, sens.placed.values()))} placed by the proxy")
     if args.sensitivity_report:
+        from lowbit.budget.plan import choice_of
         from lowbit.budget.report import write_sensitivity_report
 
-        chosen = {u: str(plan.layers.get(m[0], plan.embedding))
-                  for u, m in sens.units.items()}
-        for path in write_sensitivity_report(sens, args.sensitivity_report, chosen):
+        for path in write_sensitivity_report(sens, args.sensitivity_report,
+                                             choice_of(plan, sens)):
             print(f"sensitivity      {path}")
     report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict)
     save(model, out, tokenizer=tokenizer, force=args.force,
