@@ -65,3 +65,19 @@ def test_refined_plan_keeps_its_budget_and_measures_the_plans_kl(setup) -> None:
     if r["applied"]:
         assert choice_of(refined, sens) != choice_of(plan, sens)
         assert r["final_kl"] < r["measured_kl"]
+
+
+def test_cli_refines_and_marks_placed_values(tiny_hf_dir, tmp_path, capsys,
+                                             lowbit_cache) -> None:
+    from lowbit.cli import main
+
+    out = tmp_path / "ck"
+    code = main(["quantize", str(tiny_hf_dir), "--target-bpw", "6", "--candidates",
+                 "q8_0,q4_0,int2-asym-g32", "-o", str(out), "--calibration-text",
+                 "sotu-1980-1999.txt", "--refine-swaps", "3", "--sensitivity-report",
+                 str(tmp_path / "sens")])
+    text = capsys.readouterr().out
+    assert code == 0 and "refine           measured plan KL" in text
+    assert "placed by the proxy" in text
+    table = (tmp_path / "sens.md").read_text()
+    assert "~" in table and "*" in table
