@@ -32,7 +32,7 @@ def tied(tiny_tokenizer):
 
 
 def test_sensitivity_is_cached_and_orders_bit_widths(tied, calibration, lowbit_cache) -> None:
-    sens = measure_sensitivity(tied, calibration, CANDIDATES, progress=False)
+    sens = measure_sensitivity(tied, calibration, CANDIDATES, progress=False, anchors=None)
     units = sensitivity_units(tied)
     assert units["model.embed_tokens"] == ["model.embed_tokens", "lm_head"]
     assert sens.measured == len(units) * len(CANDIDATES)
@@ -40,8 +40,9 @@ def test_sensitivity_is_cached_and_orders_bit_widths(tied, calibration, lowbit_c
         assert 0 <= kl["q8_0"] < kl["int2-asym-g32"], unit
         w = tied.get_submodule(units[unit][0]).weight
         assert sens.nbytes[unit]["q8_0"] == lowbit.quantize_tensor(w.detach(), "q8_0").nbytes
-    again = measure_sensitivity(tied, calibration, CANDIDATES, progress=False)
-    assert again.measured == 0 and again.kl == sens.kl and again.nbytes == sens.nbytes
+    again = measure_sensitivity(tied, calibration, CANDIDATES, progress=False, anchors=None)
+    assert again.measured == 0 and not again.placed
+    assert again.kl == sens.kl and again.nbytes == sens.nbytes
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.4, 1.0])
@@ -116,7 +117,7 @@ def test_suffix_runs_give_the_whole_models_logits(tied, calibration) -> None:
 def test_proxy_orders_pairs_like_the_measured_kl(tied, calibration, lowbit_cache) -> None:
     from lowbit.budget.proxy import measure_proxy, rank_correlation
 
-    kl = measure_sensitivity(tied, calibration, CANDIDATES, progress=False)
+    kl = measure_sensitivity(tied, calibration, CANDIDATES, progress=False, anchors=None)
     proxy = measure_proxy(tied, calibration, CANDIDATES, progress=False)
     assert proxy.nbytes == kl.nbytes and set(proxy.kl) == set(kl.kl)
     rho = rank_correlation(proxy, kl)

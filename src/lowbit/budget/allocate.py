@@ -2,7 +2,8 @@
 
 A multiple-choice knapsack, solved the Lagrangian way: for a price λ on bytes each unit takes
 the choice minimising ``kl + λ·bytes`` (independently, so the sum is additive: interactions
-between units are not modelled); λ is bisected to the cheapest price whose total fits. The
+between units are not modelled here, but measured afterwards by :mod:`lowbit.budget.refine`);
+λ is bisected to the cheapest price whose total fits. The
 leftover bytes are then spent greedily, the upgrade with the largest KL drop per byte first,
 while any upgrade still fits. The result never exceeds the budget.
 """

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lowbit.budget.allocate import allocate
-from lowbit.budget.sensitivity import Sensitivity
+from lowbit.budget.units import Sensitivity
 from lowbit.core.scheme import Scheme
 from lowbit.eval.layers import model_size
 from lowbit.pipeline.tensor_plan import TensorPlan
@@ -61,7 +61,16 @@ def budget_plan(model: nn.Module, sens: Sensitivity, *, target_bytes: int | None
     except ValueError as err:
         raise ValueError(f"target of {budget} bytes ({budget * 8 / params:.3f} bits/param): "
                          f"{err} plus {fixed} bytes kept in float") from None
-    predicted = fixed + sum(sens.nbytes[u][s] for u, s in choice.items())
+    details = {"budget_bytes": budget, "fixed_bytes": fixed, "params": params,
+               "candidates": sorted({s for c in sens.kl.values() for s in c}),
+               "allocation": "Lagrangian multiple-choice knapsack + greedy fill (additive KL)"}
+    return plan_from_choice(sens, choice, details)
+
+
+def plan_from_choice(sens: Sensitivity, choice: dict[str, str], details: dict) -> TensorPlan:
+    """The TensorPlan of ``choice`` (unit -> scheme), its predicted bytes and summed KL added
+    to ``details`` (which holds ``fixed_bytes`` and ``params``)."""
+    predicted = details["fixed_bytes"] + sum(sens.nbytes[u][s] for u, s in choice.items())
     layers, embedding = {}, None
     emb_unit = next(iter(sens.units))  # sensitivity_units puts the embedding first
     for unit, scheme in choice.items():
@@ -70,9 +79,12 @@ def budget_plan(model: nn.Module, sens: Sensitivity, *, target_bytes: int | None
                 embedding = Scheme.parse(scheme)
             else:
                 layers[module] = Scheme.parse(scheme)
-    details = {"budget_bytes": budget, "predicted_bytes": predicted,
-               "bits_per_param": predicted * 8 / params,
-               "summed_kl": sum(sens.kl[u][s] for u, s in choice.items()),
-               "candidates": sorted({s for c in sens.kl.values() for s in c}),
-               "allocation": "Lagrangian multiple-choice knapsack + greedy fill (additive KL)"}
+    details = {**details, "predicted_bytes": predicted,
+               "bits_per_param": predicted * 8 / details["params"],
+               "summed_kl": sum(sens.kl[u][s] for u, s in choice.items())}
     return TensorPlan(layers=layers, embedding=embedding, name="budget", details=details)
+
+
+def choice_of(plan: TensorPlan, sens: Sensitivity) -> dict[str, str]:
+    """Unit -> scheme name of a plan made by :func:`budget_plan` from ``sens``."""
+    return {u: str(plan.layers.get(m[0], plan.embedding)) for u, m in sens.units.items()}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from lowbit.budget.sensitivity import Sensitivity
+from lowbit.budget.units import Sensitivity
 from lowbit.storage.atomic import write_text_atomic
 from lowbit.storage.partials import temp_sibling
 
@@ -26,12 +26,14 @@ def _schemes(sens: Sensitivity) -> list[str]:
 
 
 def sensitivity_markdown(sens: Sensitivity, chosen: Mapping[str, str] | None = None) -> str:
-    """One row per unit, one column per scheme: KL (``*`` marks the plan's choice; empty where
-    the scheme does not apply, e.g. a ggml type replaced by llama.cpp's fallback)."""
+    """One row per unit, one column per scheme: KL (``*`` marks the plan's choice, ``~`` a
+    value placed by the proxy from the unit's measured anchors; empty where the scheme does
+    not apply, e.g. a ggml type replaced by llama.cpp's fallback)."""
     schemes = _schemes(sens)
     lines = ["| unit | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
     for unit, per in sens.kl.items():
-        cells = [("" if s not in per else f"{per[s]:.3g}"
+        placed = sens.placed.get(unit, set())
+        cells = [("" if s not in per else ("~" if s in placed else "") + f"{per[s]:.3g}"
                   + ("*" if chosen and chosen.get(unit) == s else "")) for s in schemes]
         lines.append(f"| {unit} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -75,6 +77,8 @@ def write_sensitivity_report(sens: Sensitivity, stem: str | Path,
     stem = Path(stem)
     md = stem.with_suffix(".md")
     write_text_atomic(md, "# Sensitivity (mean KL per token, one tensor quantized at a time)"
-                      "\n\n" + sensitivity_markdown(sens, chosen))
+                      "\n\n`*` the plan's choice; `~` placed from the tensor's measured anchors "
+                      "by the proxy's ratio, not measured.\n\n"
+                      + sensitivity_markdown(sens, chosen))
     png = plot_sensitivity(sens, stem.with_suffix(".png"))
     return md, png

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: calibration windows for sensitivity (each unit x scheme runs them all): small by default
-SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH = 2, 128
-
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mixed precision to a budget (instead of --scheme/--preset)")
@@ -27,8 +24,29 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sensitivity", choices=["kl", "proxy"], default="kl",
                    help="kl: measured KL per tensor and scheme (default, cached); proxy: "
                         "importance-weighted weight error (one forward pass, much cheaper)")
+    g.add_argument("--sensitivity-anchors", type=_anchors, default="1", metavar="N|all",
+                   help="with --sensitivity kl: schemes measured per tensor (default 1, the "
+                        "middle candidate by size); the others are placed by the proxy's "
+                        "ratio within the tensor. 'all' measures every pair (slower, exact)")
+    g.add_argument("--refine-swaps", type=int, default=0, metavar="N",
+                   help="interactions: measure the whole plan's KL and N budget-neutral swaps "
+                        "per round (2 rounds), keeping a swap that measures better (default 0: "
+                        "off; the allocation takes KL as additive)")
     g.add_argument("--sensitivity-report", metavar="STEM",
                    help="also write the sensitivity table STEM.md and heatmap STEM.png")
+
+
+def _anchors(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--sensitivity-anchors {text!r}: give a count of at "
+                                         "least 1, or 'all'")
+    return n
 
 
 def wants_budget(args: argparse.Namespace) -> bool:
@@ -52,9 +70,7 @@ def candidates(args: argparse.Namespace) -> list[str]:
 def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
     """Load the model, measure (or read cached) sensitivity, allocate, quantize, save."""
     from lowbit.budget.plan import budget_plan, parse_size
-    from lowbit.budget.sensitivity import measure_sensitivity
-    from lowbit.calibration import Calibration
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+    from lowbit.budget.sensitivity import default_calibration, measure_sensitivity
     from lowbit.models import load_model
     from lowbit.pipeline.inmemory import quantize
     from lowbit.storage.checkpoint import save
@@ -68,29 +84,38 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         raise ValueError(f"{args.source} has no tokenizer: sensitivity needs calibration text")
     # --calib names the texts; the window count is sensitivity's own small default unless
     # --calib-tokens asks for more (every unit x candidate runs all of them)
-    tokens = args.calib_tokens or SENSITIVITY_WINDOWS * SENSITIVITY_LENGTH
-    cal = Calibration.from_texts(tokenizer, args.calib or [DEFAULT_CALIBRATION_TEXT],
-                                 tokens=tokens, length=SENSITIVITY_LENGTH)
+    cal = default_calibration(tokenizer, args.calib, args.calib_tokens)
     if args.sensitivity == "proxy":
         from lowbit.budget.proxy import measure_proxy
 
         sens = measure_proxy(model, cal, candidates(args))
     else:
-        sens = measure_sensitivity(model, cal, candidates(args))
+        sens = measure_sensitivity(model, cal, candidates(args),
+                                   anchors=args.sensitivity_anchors)
     fixed = _gguf_fixed(model, sens, keep) if args.target_file == "gguf" else None
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
                        keep_dtype=keep, fixed=fixed)
+    if args.refine_swaps > 0:
+        from lowbit.budget.refine import refine_plan
+
+        plan = refine_plan(model, cal, sens, plan, swaps=args.refine_swaps)
+        r = plan.details["refine"]
+        print(f"refine           measured plan KL {r['measured_kl']:.5f} (summed "
+              f"{plan.details['summed_kl']:.5f}); {r['tried']} swaps measured, "
+              f"{len(r['applied'])} applied; KL now {r['final_kl']:.5f}")
     what = ("GGUF file bytes" if fixed is not None
             else "tensor bytes as a checkpoint stores them")
     print(f"budget           {plan.details['budget_bytes']} {what}; plan "
           f"{plan.details['predicted_bytes']} bytes ({plan.details['bits_per_param']:.4f} "
-          f"bits/param), {sens.measured} sensitivity runs measured, the rest cached")
+          f"bits/param), {sens.measured} sensitivity runs measured now, "
+          f"{sens.pairs_measured() - sens.measured} cached, "
+          f"{sum(map(len, sens.placed.values()))} placed by the proxy")
     if args.sensitivity_report:
+        from lowbit.budget.plan import choice_of
         from lowbit.budget.report import write_sensitivity_report
 
-        chosen = {u: str(plan.layers.get(m[0], plan.embedding))
-                  for u, m in sens.units.items()}
-        for path in write_sensitivity_report(sens, args.sensitivity_report, chosen):
+        for path in write_sensitivity_report(sens, args.sensitivity_report,
+                                             choice_of(plan, sens)):
             print(f"sensitivity      {path}")
     report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict)
     save(model, out, tokenizer=tokenizer, force=args.force,

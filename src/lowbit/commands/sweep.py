@@ -8,14 +8,16 @@ import sys
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from lowbit.commands.budget import candidates
     from lowbit.commands.calibration_options import calib_tokens, calibration_from_args
     from lowbit.commands.evaluate import check_data, settings_from_args
     from lowbit.report.sweep import run_sweep
 
-    schemes = _names(args.schemes)
+    schemes = _names(args.schemes or [])
+    budgets = _names(args.budgets or [])
     methods = _names(args.methods or ["rtn"])
-    if not schemes:
-        raise ValueError("--schemes: give at least one scheme name")
+    if not schemes and not budgets:
+        raise ValueError("--schemes: give at least one scheme name (or --budgets)")
     if not methods:
         raise ValueError("--methods: give at least one method name")
     settings = settings_from_args(args)
@@ -28,7 +30,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(args.model, schemes, args.output, settings=settings,
                        baseline_rows=not args.no_baseline_rows, cache_logits=not args.no_cache,
                        force=args.force, progress=not args.no_progress, strict=args.strict,
-                       methods=methods, calibration=calibration)
+                       methods=methods, calibration=calibration, budgets=budgets,
+                       candidates=candidates(args) if budgets else None)
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     print(f"\n{len(result.ran)} rows evaluated now, {len(result.records) - len(result.ran)} "
           f"from earlier runs, in {result.seconds:.0f} s")
@@ -48,8 +51,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="quantize and evaluate a model under each of many schemes "
                                      "(and methods)")
     p.add_argument("model", help="Hugging Face folder, .gguf or built-in name")
-    p.add_argument("--schemes", required=True, action="append", metavar="LIST",
+    p.add_argument("--schemes", action="append", metavar="LIST",
                    help="comma-separated scheme names (repeatable)")
+    p.add_argument("--budgets", action="append", metavar="LIST",
+                   help="comma-separated budgets, each a budgeted plan row beside the schemes: "
+                        "whole-model bits per parameter (4.5) or a size (90MB); the plan "
+                        "minimises measured sensitivity (cached) over --candidates, rtn")
+    p.add_argument("--candidates", metavar="LIST",
+                   help="with --budgets: schemes a plan chooses from (default: q2_k..q6_k,"
+                        "q8_0; 'any' adds lowbit's own schemes)")
     p.add_argument("--methods", action="append", metavar="LIST",
                    help="comma-separated method names, e.g. rtn,gptq,awq,hqq (repeatable; "
                         "default rtn): every (method, scheme) pair is a row")

@@ -36,8 +36,12 @@ def _data_uri(path: Path) -> str:
 
 
 def render_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, str]], *,
-                title: str, context: dict[str, Any] | None = None) -> str:
-    """The page as a string; ``context`` (model, command, wall time...) is shown as settings."""
+                title: str, context: dict[str, Any] | None = None,
+                folder: Path | None = None) -> str:
+    """The page as a string; ``context`` (model, command, wall time...) is shown as settings;
+    ``folder``: the sweep folder, whose sensitivity files (``--budgets``) get a section."""
+    from lowbit.report.budget_rows import sensitivity_html
+
     esc = html.escape
     headers, rows = table_cells(records)
     ordered = sort_rows(records)
@@ -71,6 +75,8 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, s
     for path, caption in plots:
         body.append(f'<figure><img src="{_data_uri(Path(path))}" alt="{esc(caption)}">'
                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    if folder is not None:
+        body.extend(sensitivity_html(Path(folder), esc, _data_uri))
     if records:
         body.append("<h2>Settings</h2><pre>" +
                     esc(json.dumps(records[0].get("settings"), indent=1)) + "</pre>")
@@ -83,5 +89,6 @@ def write_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, st
                path: str | Path, *, title: str, context: dict[str, Any] | None = None) -> Path:
     """Write :func:`render_html` to ``path``."""
     path = Path(path)
-    path.write_text(render_html(records, plots, title=title, context=context), encoding="utf-8")
+    path.write_text(render_html(records, plots, title=title, context=context,
+                                folder=path.parent), encoding="utf-8")
     return path

@@ -69,11 +69,18 @@ def _quantized(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if not r.get("baseline") and r.get("scheme")]
 
 
+_XLABELS = {"bits_per_weight": "bits per weight (linear layers)",
+            "model_bits_per_param": "bits per parameter (whole model, as stored)"}
+
+
 def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Path, *,
-                  ylabel: str, log_y: bool) -> Path | None:
-    """Scatter of bits per weight against ``metric`` (a :func:`summary_row` key) for the quantized
-    rows, the Pareto front joined by a line, artifacts hollow; None when nothing to plot."""
+                  ylabel: str, log_y: bool, x: str = "bits_per_weight") -> Path | None:
+    """Scatter of bits per weight (or ``x``, another :func:`summary_row` key) against
+    ``metric`` for the quantized rows, the Pareto front joined by a line, artifacts hollow;
+    None when nothing to plot."""
     rows = [summary_row(r) for r in _quantized(records)]
+    xlabel = _XLABELS[x]
+    rows = [{**r, "bits_per_weight": r.get(x)} for r in rows]
     rows = [r for r in rows if r.get(metric) is not None and r.get("bits_per_weight")]
     if log_y:
         rows = [r for r in rows if r[metric] > 0]
@@ -117,7 +124,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
     ax.set_xlim(lo - 0.05 * (hi - lo) - 0.1, hi + 0.25 * (hi - lo) + 0.5)  # room for labels
     _place_labels(fig, ax, labels)
-    ax.set_xlabel("bits per weight (linear layers)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -240,6 +247,8 @@ PLOTS: tuple[tuple[str, str], ...] = (
     ("bits_vs_ppl.png", "Bits per weight vs perplexity"),
     ("sym_vs_asym.png", "Symmetric vs asymmetric error by bit width"),
     ("layer_error.png", "Weight error by layer"),
+    ("model_bits_vs_kl.png", "Whole-model bits per parameter vs KL divergence (budgeted plans "
+                             "beside the uniform schemes)"),
 )
 
 
@@ -252,5 +261,8 @@ def write_plots(records: Sequence[dict[str, Any]], out: str | Path) -> list[tupl
         plot_tradeoff(records, "ppl", out / PLOTS[1][0], ylabel="perplexity", log_y=True),
         plot_sym_asym(records, out / PLOTS[2][0]),
         plot_layer_error(records, out / PLOTS[3][0]),
+        plot_tradeoff(records, "kld_mean", out / PLOTS[4][0], log_y=True,
+                      ylabel="KL divergence from baseline (mean, nats)",
+                      x="model_bits_per_param") if any(r.get("plan") for r in records) else None,
     ]
     return [(p, title) for p, (_, title) in zip(made, PLOTS) if p is not None]

@@ -24,6 +24,7 @@ class Row:
     name: str
     scheme: str | None = None
     method: str | None = None
+    budget: bool = False  # a budgeted plan (:mod:`lowbit.report.budget_rows`), named by it
 
 
 def row_label(scheme: str, method: str) -> str:
@@ -32,11 +33,12 @@ def row_label(scheme: str, method: str) -> str:
 
 
 def plan_rows(schemes: Sequence[str], methods: Sequence[str] = (DEFAULT_METHOD,), *,
-              baseline_rows: bool = True) -> list[Row]:
-    """The reference rows, then each method's rows in scheme order; a bad scheme or method
-    name fails here, before any work."""
+              baseline_rows: bool = True, budgets: Sequence[str] = ()) -> list[Row]:
+    """The reference rows, then each method's rows in scheme order, then one ``rtn`` row per
+    budget; a bad scheme, method or budget fails here, before any work."""
     from lowbit.core.scheme import Scheme
     from lowbit.methods import get_method
+    from lowbit.report.budget_rows import budget_label
 
     if not methods:
         raise ValueError("a sweep needs at least one method (e.g. rtn)")
@@ -49,5 +51,9 @@ def plan_rows(schemes: Sequence[str], methods: Sequence[str] = (DEFAULT_METHOD,)
             row = Row(row_label(s, method), s, method)
             if row not in rows:
                 rows.append(row)
+    for b in budgets:
+        row = Row(budget_label(b), None, DEFAULT_METHOD, budget=True)
+        if row not in rows:
+            rows.append(row)
     return rows
 

@@ -63,9 +63,11 @@ class SweepOutput:
 
 
 def row_names(schemes: Sequence[str], *, baseline_rows: bool = True,
-              methods: Sequence[str] = (DEFAULT_METHOD,)) -> list[str]:
+              methods: Sequence[str] = (DEFAULT_METHOD,), budgets: Sequence[str] = ()
+              ) -> list[str]:
     """The names of the rows a sweep makes (see :func:`lowbit.report.rows.plan_rows`)."""
-    return [r.name for r in plan_rows(schemes, methods, baseline_rows=baseline_rows)]
+    return [r.name for r in plan_rows(schemes, methods, baseline_rows=baseline_rows,
+                                      budgets=budgets)]
 
 
 def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path: Path,
@@ -80,7 +82,7 @@ def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path:
             )
 
 
-def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: str | None = None,
+def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: Any = None,
               method: str = DEFAULT_METHOD, calibration: Calibration | None = None
               ) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh copy of the baseline for row ``name``: quantized under ``scheme`` (default: the
@@ -114,6 +116,8 @@ def run_sweep(
     strict: bool = False,
     methods: Sequence[str] = (DEFAULT_METHOD,),
     calibration: Calibration | MakeCalibration | None = None,
+    budgets: Sequence[str] = (),
+    candidates: Sequence[str] | None = None,
 ) -> SweepOutput:
     """Sweep every (method, scheme) pair on ``model`` (a built-in name, folder or GGUF) into
     folder ``out``. Data-aware methods calibrate on ``calibration`` (a Calibration, or a
@@ -124,11 +128,13 @@ def run_sweep(
     ``cache_logits=False`` reruns the baseline beside each row instead of storing its logits.
     The folder's lock is held throughout (:mod:`lowbit.storage.lock`); ``strict`` stops at a
     scale-format range problem (:mod:`lowbit.core.range`) instead of recording it.
+    ``budgets`` adds a budgeted plan per budget (:mod:`lowbit.report.budget_rows`) chosen
+    among ``candidates`` (default: llama.cpp's types, ``budget.plan.GGML_CANDIDATES``).
     """
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
     out = Path(out)
-    rows = plan_rows(schemes, methods, baseline_rows=baseline_rows)
+    rows = plan_rows(schemes, methods, baseline_rows=baseline_rows, budgets=budgets)
     names = [r.name for r in rows]
     with output_lock(out):  # the whole run: a second sweep on this folder fails at once
         out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +149,7 @@ def run_sweep(
         ran: list[str] = []
         if todo:
             ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                            records, strict, calibration)
+                            records, strict, calibration, candidates)
         records = read_records(jsonl)
         return _finish(model, names, records, out, keep_cache, title, ran, t0)
 
@@ -166,8 +172,8 @@ def _finish(model: str, names: list[str], records: list[dict[str, Any]], out: Pa
 def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSettings,
               out: Path, cache_logits: bool, progress: bool,
               loaded: tuple[nn.Module, Any] | None, records: list[dict[str, Any]],
-              strict: bool = False, calibration: Calibration | MakeCalibration | None = None
-              ) -> list[str]:
+              strict: bool = False, calibration: Calibration | MakeCalibration | None = None,
+              candidates: Sequence[str] | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="sweep", unit="row", disable=not progress)
@@ -185,6 +191,7 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         base, tok = loaded
     base.eval()
     cal = _calibration(todo, tok, calibration, records, jsonl)
+    plans = _plans(base, tok, todo, candidates, out, progress, step)
     ref = prepare_reference(base, tok, settings,
                             cache_dir=out / CACHE_DIR if cache_logits else None, step=step)
     ran = []
@@ -192,7 +199,7 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         for row in todo:
             if any(r["name"] == row.name for r in read_records(jsonl)):
                 continue  # written meanwhile (an API caller without the lock): never twice
-            rec = _one_row(base, tok, ref, settings, row, strict, cal, step)
+            rec = _one_row(base, tok, ref, settings, row, strict, cal, step, plans)
             rec["model"] = model_name
             if append_record(jsonl, rec):
                 records.append(rec)
@@ -203,9 +210,23 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
     return ran
 
 
+def _plans(base: nn.Module, tok: Any, todo: list[Row], candidates: Sequence[str] | None,
+           out: Path, progress: bool, step: Callable[..., None]) -> dict[str, Any]:
+    """The budget rows' plans (one sensitivity measurement, cached), or {} when none."""
+    labels = [r.name for r in todo if r.budget]
+    if not labels:
+        return {}
+    from lowbit.budget.plan import GGML_CANDIDATES
+    from lowbit.report.budget_rows import make_plans
+
+    step("sensitivity for --budgets")
+    return make_plans(base, tok, labels, list(candidates or GGML_CANDIDATES), out,
+                      progress=progress)
+
+
 def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: Row,
-             strict: bool, cal: Calibration | None, step: Callable[..., None]
-             ) -> dict[str, Any]:
+             strict: bool, cal: Calibration | None, step: Callable[..., None],
+             plans: dict[str, Any] | None = None) -> dict[str, Any]:
     """Make and evaluate one row; its record (with the method, and the calibration's
     fingerprint for a data-aware method)."""
     from lowbit.methods import get_method
@@ -218,11 +239,15 @@ def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: R
     else:
         step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
         aware = row.method is not None and get_method(row.method).data_aware
-        model, layers = _make_row(base, name, strict, scheme=row.scheme,
+        plan, extras = plans[name] if row.budget else (row.scheme, None)
+        model, layers = _make_row(base, name, strict, scheme=plan,
                                   method=row.method or DEFAULT_METHOD,
                                   calibration=cal if aware else None)
-        rec = evaluate(model, tok, ref, settings, name=name, scheme=row.scheme, layers=layers,
+        rec = evaluate(model, tok, ref, settings, name=name,
+                       scheme=name if row.budget else row.scheme, layers=layers,
                        step=lambda s: step(s, name))
+        if extras is not None:
+            rec["plan"] = extras
         rec["baseline"] = name == KEPT16_LABEL
         if row.method is not None:
             rec["method"] = row.method
