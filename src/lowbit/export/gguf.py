@@ -125,21 +125,11 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         model, keep = _load_source(source, preset, requantize, verify)
         config = model.config
         arch = meta.gguf_arch(config)
-        src_info = getattr(config, "lowbit_source", None)
-        with meta.template_gguf(src_info) as template:
-            if template is None:
-                raise ValueError(
-                    f"{source}: GGUF export needs the GGUF metadata (tokenizer, hyperparameters) "
-                    "of the model's original GGUF file; this model came from a Hugging Face folder "
-                    "with no GGUF behind it, which is not supported yet. Export from the GGUF "
-                    "source or a built-in model instead."
-                )
-            import gguf
-
-            reader = gguf.GGUFReader(template)
-            entries = _plan(model, arch, config, reader, preset, requantize, keep, im)
+        folders = [Path(source)] if Path(source).is_dir() else []
+        with meta.gguf_header(config, folders + meta.source_folder(config)) as header:
+            entries = _plan(model, arch, config, header, preset, requantize, keep, im)
             file_type = _file_type(preset, entries)
-            _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress,
+            _write(out, arch, header, file_type, entries, arch_config=config, progress=progress,
                    imatrix=im)
     lossless = [e.name for e in entries if e.module is not None]
     return ExportReport(
@@ -193,22 +183,14 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module | 
     return found
 
 
-def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: str | None,
+def _plan(model: torch.nn.Module, arch: str, config: Any, header: Any, preset: str | None,
           requantize: bool, keep: str, imatrix: Imatrix | None = None) -> list[_Entry]:
     n_layers = config.num_hidden_layers
-    wanted = meta.template_tensors(reader)
-    by_gguf: dict[str, tuple[str, Any, Any]] = {}
-    unknown = []
-    for hf_name, (mod, tensor) in _model_tensors(model).items():
-        g = meta.gguf_name(hf_name, arch, n_layers)
-        if g is None:
-            unknown.append(hf_name)
-            continue
-        if g not in wanted and g == "output.weight":
-            continue  # tied to token_embd in the GGUF
-        by_gguf[g] = (hf_name, mod, tensor)
-    if unknown:
-        raise ValueError(f"no GGUF name for the model's tensors {unknown[:5]} ({arch})")
+    by_gguf = _by_gguf_name(model, arch, n_layers)
+    found = {g: (tuple(mod.qweight.shape) if mod is not None else tuple(tensor.shape))
+             for g, (_, mod, tensor) in by_gguf.items()}
+    wanted = header.tensor_shapes(found, bool(getattr(config, "tie_word_embeddings", False)))
+    by_gguf = {g: v for g, v in by_gguf.items() if g in wanted or g != "output.weight"}
     missing, extra = sorted(set(wanted) - set(by_gguf)), sorted(set(by_gguf) - set(wanted))
     if missing or extra:
         raise ValueError(f"the model's tensors do not match its source GGUF: missing "
@@ -244,6 +226,22 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: s
         check_coverage(imatrix, [e.name for e in entries if e.module is None
                                  and e.qtype not in FLOAT_TYPES and len(e.shape) >= 2])
     return entries
+
+
+def _by_gguf_name(model: torch.nn.Module, arch: str, n_layers: int
+                  ) -> dict[str, tuple[str, Any, Any]]:
+    """GGUF name -> (HF name, QuantLinear or None, float tensor or None) of the model's tensors."""
+    by_gguf: dict[str, tuple[str, Any, Any]] = {}
+    unknown = []
+    for hf_name, (mod, tensor) in _model_tensors(model).items():
+        g = meta.gguf_name(hf_name, arch, n_layers)
+        if g is None:
+            unknown.append(hf_name)
+            continue
+        by_gguf[g] = (hf_name, mod, tensor)
+    if unknown:
+        raise ValueError(f"no GGUF name for the model's tensors {unknown[:5]} ({arch})")
+    return by_gguf
 
 
 def _raise_unmappable(layers: list[tuple[str, Any]]) -> None:
@@ -282,13 +280,13 @@ def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     return int(np.prod(lead, dtype=np.int64)) * (row // block_size(qtype)) * type_size(qtype)
 
 
-def write_head(writer: Any, reader: Any, file_type: int, entries: list[_Entry],
+def write_head(writer: Any, header: Any, file_type: int, entries: list[_Entry],
                imatrix: Imatrix | None = None) -> None:
-    """Write everything before the tensor data: header, metadata (the template's, with
-    ``file_type``), and the tensor infos of ``entries``."""
+    """Write everything before the tensor data: header, metadata (`header`'s: the template's
+    or one built from the HF config, with ``file_type``), and the tensor infos of ``entries``."""
     import gguf
 
-    meta.copy_metadata(reader, writer, file_type)
+    header.write_kv(writer, file_type)
     if imatrix is not None:
         add_imatrix_metadata(writer, imatrix)
     for e in entries:
@@ -299,7 +297,7 @@ def write_head(writer: Any, reader: Any, file_type: int, entries: list[_Entry],
     writer.write_ti_data_to_file()
 
 
-def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Entry], *,
+def _write(out: Path, arch: str, header: Any, file_type: int, entries: list[_Entry], *,
            arch_config: Any, progress: bool, imatrix: Imatrix | None = None) -> None:
     import gguf
 
@@ -307,7 +305,7 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
     tmp = temp_sibling(out)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        write_head(writer, reader, file_type, entries, imatrix)
+        write_head(writer, header, file_type, entries, imatrix)
         items = entries
         if progress:
             from tqdm.auto import tqdm
