@@ -131,10 +131,10 @@ def _tokens(tok: dict, folder: Path, vocab_size: int | None) -> tuple[list[str],
         tokens.append(text)
         if text == unk:
             types.append(UNKNOWN)
+        elif tok["model"].get("byte_fallback") and _is_byte_token(text):
+            types.append(BYTE)  # llama.cpp decodes these as the byte, even when "added"
         elif i in kinds:
             types.append(kinds[i])
-        elif tok["model"].get("byte_fallback") and _is_byte_token(text):
-            types.append(BYTE)
         else:
             types.append(NORMAL)
     return tokens, types
