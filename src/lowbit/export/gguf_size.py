@@ -25,7 +25,7 @@ def _pad(n: int, align: int) -> int:
 
 def gguf_overhead(model: nn.Module, quantized: Iterable[str], keep_dtype: torch.dtype) -> int:
     """Bytes of ``model``'s GGUF export other than the data of the modules named in
-    ``quantized`` (float ``model``, as loaded from its GGUF or built-in source)."""
+    ``quantized`` (float ``model``, as loaded from its source: a GGUF, built-in or HF folder)."""
     import gguf
 
     from lowbit.export.gguf import _KEEP_TYPES, _file_type, _nbytes, _plan, write_head
