@@ -173,12 +173,44 @@ def test_unknown_pre_tokenizer_and_missing_tokenizer_are_refused(tiny_hf_dir, tm
         pass
 
 
-def test_rope_scaling_llamacpp_cannot_take_is_refused(tiny_hf_dir, tmp_path, lowbit_cache):
-    path = tiny_hf_dir / "config.json"
+def _set_rope(folder, rope: dict) -> None:
+    path = folder / "config.json"
     config = json.loads(path.read_text())
-    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                 "original_max_position_embeddings": 64}
+    config["rope_parameters"] = {"rope_theta": 10000.0, **rope}
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="rope_type 'llama3'"):
+
+
+@needs_llamacpp
+@pytest.mark.llamacpp
+def test_llama3_rope_goes_out_as_rope_freqs(tiny_llama, tmp_path, lowbit_cache):
+    """Llama-3.x's rope scaling: llama.cpp divides each rotary frequency by rope_freqs.weight;
+    with head_dim 16 and 64 original positions the three bands (kept, scaled, smoothed) all
+    occur. q/k scaled by 4 make attention position-sensitive: measured max |logit difference|
+    0.0025 with these factors, 1.2 with all factors 1 (0.07 without the scaling)."""
+    model, tok = tiny_llama
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                p.mul_(4.0)
+    model.save_pretrained(tmp_path / "llama3")
+    tok.save_pretrained(tmp_path / "llama3")
+    _set_rope(tmp_path / "llama3", {"rope_type": "llama3", "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64})
+    out = to_gguf(tmp_path / "llama3", tmp_path / "a.gguf", qtype="F32").path
+    factors = read_gguf_tensors(out)["rope_freqs.weight"][1]
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and 1.0 < factors[1] < 8.0, factors
+    reloaded, _ = load_model(tmp_path / "llama3")  # rotary embedding built with llama3 rope
+    ids = list(range(40, 136))
+    with llamacpp.LlamaCpp(out, n_ctx=128, threads=1) as llm:
+        got = llm.logits(ids)
+    with torch.no_grad():
+        ref = reloaded(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(got, ref, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_rope_scaling_llamacpp_cannot_take_is_refused(tiny_hf_dir, tmp_path, lowbit_cache):
+    _set_rope(tiny_hf_dir, {"rope_type": "yarn", "factor": 4.0,
+                            "original_max_position_embeddings": 64})
+    with pytest.raises(ValueError, match="rope_type 'yarn'"):
         to_gguf(tiny_hf_dir, tmp_path / "a.gguf", qtype="Q8_0")

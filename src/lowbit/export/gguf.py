@@ -222,6 +222,8 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, header: Any, preset: s
         entries.append(_Entry(g, shape, t, tensor=tensor, importance=qw))
     if unmappable:
         _raise_unmappable(unmappable)
+    entries += [_Entry(g, w.shape, "F32", tensor=torch.from_numpy(w))  # e.g. rope_freqs
+                for g, w in header.extra_tensors().items()]
     if imatrix is not None:
         check_coverage(imatrix, [e.name for e in entries if e.module is None
                                  and e.qtype not in FLOAT_TYPES and len(e.shape) >= 2])

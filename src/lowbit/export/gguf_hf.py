@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lowbit.export.gguf_vocab import Vocab, read_vocab
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,37 @@ def _rope_keys(writer: Any, config: Any) -> None:
 
     theta, scaling = _rope(config)
     writer.add_rope_freq_base(theta)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = _rope_type(scaling)
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "llama3" and HF_ARCHITECTURES[config.model_type] == "llama":
+        pass  # a rope_freqs tensor (extra_tensors), as llama.cpp's converter writes
     elif kind not in ("default", None):
         raise ValueError(f"config.json ({config.model_type}): rope_type {kind!r} is not "
-                         "supported by lowbit's GGUF export (default and linear are)")
+                         "supported by lowbit's GGUF export (default, linear, and llama3 for "
+                         "Llama are)")
+
+
+def _rope_type(scaling: dict) -> str | None:
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def extra_tensors(config: Any, arch: str) -> dict[str, np.ndarray]:
+    """Tensors llama.cpp reads that a transformers model does not hold: Llama-3's
+    ``rope_freqs.weight``, the factor each rotary frequency is divided by."""
+    theta, s = _rope(config)
+    if arch != "llama" or _rope_type(s) != "llama3":
+        return {}
+    head_dim = _head_dim(config)
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, old = float(s["factor"]), float(s["original_max_position_embeddings"])
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid))
+    return {"rope_freqs.weight": out.astype(np.float32)}
 
 
 def _head_dim(config: Any) -> int:

@@ -173,6 +173,10 @@ class TemplateHeader:
         """Add the key-value metadata to a GGUFWriter."""
         copy_metadata(self.reader, writer, file_type)
 
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors the model does not hold (none: the template's list is the model's)."""
+        return {}
+
 
 class HFHeader:
     """Metadata built from a Hugging Face config and tokenizer folder (no GGUF behind it)."""
@@ -184,6 +188,12 @@ class HFHeader:
                       ) -> dict[str, tuple[int, ...]]:
         """The model's own tensors; a head tied to the embedding is left to token_embd."""
         return {g: s for g, s in found.items() if not (tied and g == "output.weight")}
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp needs that the model does not hold (Llama-3 rope_freqs)."""
+        from lowbit.export.gguf_hf import extra_tensors
+
+        return extra_tensors(self.config, self.arch)
 
     def write_kv(self, writer: Any, file_type: int | None) -> None:
         """Hyperparameters, tokenizer, quantization version and file type."""
