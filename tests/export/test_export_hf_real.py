@@ -19,7 +19,11 @@ pytestmark = [
     pytest.mark.skipif(not llamacpp.available(),
                        reason=llamacpp.why_unavailable() or "llama.cpp available"),
 ]
-PPL_REL_TOL = 0.005  # the issue's bound; measured gaps are in benchmarks/results/gguf_from_hf.md
+# The issue's bound, on an F16 export: the file's weights are then the float model's up to fp16
+# rounding. A Q8_0 export adds requantization and llama.cpp's 8-bit activations: Gemma's Q8_0
+# file measured -0.89 % against lowbit's float on these 512 tokens. All measured gaps are in
+# benchmarks/results/gguf_from_hf.md.
+PPL_REL_TOL = 0.005
 N_TOKENS = 512
 FIXTURES = {"smollm2-135m": "smollm2", "gemma-3-270m": "gemma"}
 
@@ -39,7 +43,9 @@ def _hidden(name: str, work: Path) -> Path:
 def _eval_text() -> str:
     from lowbit.data import read_text
 
-    return read_text("sotu-2000-2015.txt")[:20000] + read_text("moby-dick-ch061-100.txt")[:20000]
+    runs = "a  b   c\t\td\n\n\ne    f"  # runs of spaces, tabs and newlines (Gemma has pieces)
+    return (read_text("sotu-2000-2015.txt")[:20000] + runs
+            + read_text("moby-dick-ch061-100.txt")[:20000])
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
@@ -54,13 +60,18 @@ def test_builtin_folder_without_origin_exports_for_llamacpp(name, request, tmp_p
     model, tok = request.getfixturevalue(FIXTURES[name])  # the same float weights, loaded once
     folder = _hidden(name, tmp_path)
     assert resolve_source(folder).kind == "hf"
-    report = to_gguf(folder, tmp_path / f"{name}.gguf", qtype="Q8_0")
+    report = to_gguf(folder, tmp_path / f"{name}.gguf", qtype="F16")
     fields = gguf.GGUFReader(report.path).fields
     origin = gguf.GGUFReader(BUILTINS[name].fetch(tmp_path)).fields
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
+    for key in ("tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
                 "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token"):
         if key in origin:
             assert fields[key].contents() == origin[key].contents(), key
+    # Gemma's sentencepiece has 30 pieces that are runs of spaces ("  " ...); transformers'
+    # GGUF reader wrote them into tokenizer.json as runs of "▁", the spelling every other piece
+    # uses, so the folder (and its export) differs from the original GGUF exactly there
+    assert fields["tokenizer.ggml.tokens"].contents() == [
+        t.replace(" ", "\u2581") for t in origin["tokenizer.ggml.tokens"].contents()]
 
     text = _eval_text()
     windows = make_windows(tok, read_text("sotu-2000-2015.txt"), context=N_TOKENS,

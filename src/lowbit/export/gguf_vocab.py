@@ -163,9 +163,12 @@ def _sentencepiece(tok: dict, tokens: list[str], types: list[int], folder: Path)
         if i not in seen:
             seen.add(i)
             scores[i] = -float(rank)
-    for i, t in enumerate(types):
-        if i not in seen and t in (CONTROL, UNKNOWN, USER_DEFINED):
-            scores[i] = -1000.0  # below every merge, as sentencepiece scores its specials
+    # a piece no merge makes (specials, bytes, single characters, unreachable pieces) ranks
+    # below every merge, so llama.cpp never prefers it to a merge transformers would make
+    bottom = -float(len(tok["model"].get("merges", [])))
+    for i in range(len(tokens)):
+        if i not in seen:
+            scores[i] = bottom
     return Vocab("llama", "default", tokens, types, scores=scores,
                  add_space_prefix=_space_prefix(tok))
 
