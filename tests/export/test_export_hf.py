@@ -214,3 +214,15 @@ def test_rope_scaling_llamacpp_cannot_take_is_refused(tiny_hf_dir, tmp_path, low
                             "original_max_position_embeddings": 64})
     with pytest.raises(ValueError, match="rope_type 'yarn'"):
         to_gguf(tiny_hf_dir, tmp_path / "a.gguf", qtype="Q8_0")
+
+
+def test_cli_exports_a_folder_and_says_where_the_metadata_came_from(tiny_hf_dir, tiny_gguf,
+                                                                    tmp_path, capsys,
+                                                                    lowbit_cache):
+    from lowbit.cli import main
+
+    assert main(["export", str(tiny_hf_dir), "--type", "Q8_0", "-o", str(tmp_path / "a.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert f"built from config.json and {tiny_hf_dir / 'tokenizer.json'}" in out
+    assert main(["export", str(tiny_gguf), "--type", "Q8_0", "-o", str(tmp_path / "b.gguf")]) == 0
+    assert "metadata         copied from tiny-llama.gguf" in capsys.readouterr().out

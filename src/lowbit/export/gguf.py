@@ -66,6 +66,7 @@ class ExportReport:
     file_bytes: int
     seconds: float
     shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
+    metadata: str = ""  # where the key-value metadata came from
 
     @property
     def bits_per_weight(self) -> float:
@@ -80,7 +81,8 @@ class ExportReport:
         return {"path": str(self.path), "source": self.source, "arch": self.arch,
                 "preset": self.preset, "file_bytes": self.file_bytes,
                 "bits_per_weight": self.bits_per_weight, "seconds": self.seconds,
-                "type_counts": self.type_counts(), "n_lossless": len(self.lossless)}
+                "type_counts": self.type_counts(), "n_lossless": len(self.lossless),
+                "metadata": self.metadata}
 
 
 @dataclass
@@ -131,13 +133,14 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
             file_type = _file_type(preset, entries)
             _write(out, arch, header, file_type, entries, arch_config=config, progress=progress,
                    imatrix=im)
+            origin = header.origin
     lossless = [e.name for e in entries if e.module is not None]
     return ExportReport(
         path=out, source=str(source), arch=arch, preset=preset,
         tensor_types={e.name: e.qtype for e in entries}, lossless=lossless,
         n_elements=sum(int(np.prod(e.shape)) for e in entries),
         file_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
-        shapes={e.name: e.shape for e in entries},
+        shapes={e.name: e.shape for e in entries}, metadata=origin,
     )
 
 

@@ -161,8 +161,9 @@ def n_gqa(config: Any) -> int:
 class TemplateHeader:
     """Metadata and tensor list copied from the GGUF the model came from."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, path: Path) -> None:
         self.reader = reader
+        self.origin = f"copied from {Path(path).name}"
 
     def tensor_shapes(self, found: dict[str, tuple[int, ...]], tied: bool
                       ) -> dict[str, tuple[int, ...]]:
@@ -181,8 +182,9 @@ class TemplateHeader:
 class HFHeader:
     """Metadata built from a Hugging Face config and tokenizer folder (no GGUF behind it)."""
 
-    def __init__(self, config: Any, arch: str, vocab: Any) -> None:
+    def __init__(self, config: Any, arch: str, vocab: Any, folder: Path) -> None:
         self.config, self.arch, self.vocab = config, arch, vocab
+        self.origin = f"built from config.json and {Path(folder) / 'tokenizer.json'}"
 
     def tensor_shapes(self, found: dict[str, tuple[int, ...]], tied: bool
                       ) -> dict[str, tuple[int, ...]]:
@@ -215,7 +217,7 @@ def gguf_header(config: Any, tokenizer_dirs: list[Path]) -> Iterator[TemplateHea
 
     with template_gguf(getattr(config, "lowbit_source", None)) as template:
         if template is not None:
-            yield TemplateHeader(gguf.GGUFReader(template))
+            yield TemplateHeader(gguf.GGUFReader(template), template)
             return
     from lowbit.export.gguf_hf import check_hf_arch, hf_vocab
 
@@ -225,7 +227,7 @@ def gguf_header(config: Any, tokenizer_dirs: list[Path]) -> Iterator[TemplateHea
     if folder is None:
         raise ValueError("GGUF export from a Hugging Face folder needs its tokenizer.json; "
                          f"none in {', '.join(str(d) for d in tokenizer_dirs) or '(no folder)'}")
-    yield HFHeader(config, arch, hf_vocab(folder, config))
+    yield HFHeader(config, arch, hf_vocab(folder, config), folder)
 
 
 def source_folder(config: Any) -> list[Path]:
