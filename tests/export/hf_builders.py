@@ -15,20 +15,27 @@ BPE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 def bytelevel_tokenizer(text: str, pre: str = "qwen2", vocab_size: int = 400):
-    """A byte-level BPE (Qwen2/Llama-3 style: Split regex, then ByteLevel without its regex)."""
+    """A byte-level BPE: Qwen2/Llama-3 style (Split regex, then ByteLevel without its regex) or
+    `pre="smollm"` (Digits, then ByteLevel with GPT-2's regex)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PRE[pre]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    if pre == "smollm":  # digits one by one, then GPT-2's regex (SmolLM, StarCoder)
+        steps = [pre_tokenizers.Digits(individual_digits=True),
+                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    else:
+        steps = [pre_tokenizers.Split(Regex(SPLIT_PRE[pre]), behavior="isolated"),
+                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    # trained with GPT-2's split, which keeps numbers whole, so the vocabulary has multi-digit
+    # pieces and a wrong digit rule on llama.cpp's side changes the ids
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     core.train_from_iterator([text], trainer)
+    core.pre_tokenizer = pre_tokenizers.Sequence(steps)
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
 
@@ -91,6 +98,8 @@ def tiny_config(arch: str, vocab_size: int):
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=256, rms_norm_eps=2.0**-16, initializer_range=0.2)
+    if arch == "llama":
+        return tf.LlamaConfig(**common, tie_word_embeddings=True)
     if arch == "qwen2":
         return tf.Qwen2Config(**common, tie_word_embeddings=True)
     if arch == "qwen3":  # head_dim 32 != 64 / 4: exercises attention.key_length
@@ -108,12 +117,13 @@ TOKENIZER_OF = {"qwen2": "bytelevel", "qwen3": "bytelevel", "mistral": "spm-pref
                 "gemma3": "spm"}
 
 
-def tiny_hf_folder(arch: str, text: str, folder: Path):
-    """(folder, model, tokenizer): a random tiny `arch` saved as a Hugging Face folder."""
+def tiny_hf_folder(arch: str, text: str, folder: Path, pre: str = "qwen2"):
+    """(folder, model, tokenizer): a random tiny `arch` saved as a Hugging Face folder (a
+    byte-level tokenizer's pre-tokenizer is `pre`)."""
     from transformers import AutoModelForCausalLM
 
-    kind = TOKENIZER_OF[arch]
-    tok = (bytelevel_tokenizer(text) if kind == "bytelevel"
+    kind = TOKENIZER_OF.get(arch, "bytelevel")
+    tok = (bytelevel_tokenizer(text, pre) if kind == "bytelevel"
            else spm_tokenizer(text, space_prefix=kind == "spm-prefix"))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tok))).eval()

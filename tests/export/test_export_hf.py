@@ -226,3 +226,20 @@ def test_cli_exports_a_folder_and_says_where_the_metadata_came_from(tiny_hf_dir,
     assert f"built from config.json and {tiny_hf_dir / 'tokenizer.json'}" in out
     assert main(["export", str(tiny_gguf), "--type", "Q8_0", "-o", str(tmp_path / "b.gguf")]) == 0
     assert "metadata         copied from tiny-llama.gguf" in capsys.readouterr().out
+
+
+@needs_llamacpp
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("pre", ["llama-bpe", "smollm"])
+def test_pre_tokenizers_are_named_as_llamacpp_splits(pre, tmp_path, lowbit_cache):
+    """Llama-3's split regex (digits in threes) and SmolLM's (digits one by one) on text full
+    of numbers: llama.cpp, told the name lowbit chose, gives transformers' ids."""
+    from lowbit.data import read_text
+
+    text = read_text("sotu-2000-2015.txt")[:20000]
+    folder, _, tok = tiny_hf_folder("llama", text, tmp_path / pre, pre=pre)
+    out = to_gguf(folder, tmp_path / f"{pre}.gguf", qtype="F32").path
+    assert _fields(out)["tokenizer.ggml.pre"] == pre
+    sample = text + " 1234567 3.14159 $1,000,000 in 2015-2016"
+    with llamacpp.LlamaCpp(out, n_ctx=64, threads=1) as llm:
+        assert llm.tokenize(sample) == tok(sample)["input_ids"]
