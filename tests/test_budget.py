@@ -142,9 +142,14 @@ def test_target_file_gguf_bounds_the_exported_file(tiny_gguf, tmp_path, capsys, 
     assert target - 2048 < size <= target
 
 
-def test_target_file_gguf_needs_a_gguf_source(tiny_hf_dir, tmp_path, capsys,
-                                              lowbit_cache) -> None:
-    assert main(["quantize", str(tiny_hf_dir), "--target-size", "90KB", "--target-file", "gguf",
-                 "--candidates", "q8_0,q4_0", "--sensitivity", "proxy", "-o",
-                 str(tmp_path / "c"), "--calibration-text", "sotu-1980-1999.txt"]) != 0
-    assert "--target-file gguf: the model has no GGUF" in capsys.readouterr().err
+def test_target_file_gguf_from_a_hugging_face_folder(tiny_hf_dir, tmp_path, capsys,
+                                                     lowbit_cache) -> None:
+    """No GGUF behind the model: the header built from config.json and tokenizer.json is the
+    one measured, and the export fits."""
+    ck, out, target = tmp_path / "ck", tmp_path / "out.gguf", 100_000
+    assert main(["quantize", str(tiny_hf_dir), "--target-size", str(target), "--target-file",
+                 "gguf", "--candidates", "q8_0,q5_1,q5_0,q4_1,q4_0", "--sensitivity", "proxy",
+                 "-o", str(ck), "--calibration-text", "sotu-1980-1999.txt"]) == 0
+    assert f"budget           {target} GGUF file bytes" in capsys.readouterr().out
+    assert main(["export", str(ck), "-o", str(out)]) == 0
+    assert target - 2048 < out.stat().st_size <= target

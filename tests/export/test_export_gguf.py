@@ -180,11 +180,6 @@ def test_float_source_needs_a_type_and_existing_file_needs_force(tiny_gguf, tmp_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_hf_source_without_gguf_is_refused_clearly(tiny_hf_dir, tmp_path, lowbit_cache):
-    with pytest.raises(ValueError, match="no GGUF behind it"):
-        to_gguf(tiny_hf_dir, tmp_path / "a.gguf", qtype="Q8_0")
-
-
 def test_metadata_is_kept(tiny_gguf, tmp_path, lowbit_cache):
     out = to_gguf(tiny_gguf, tmp_path / "a.gguf", qtype="Q4_K_M").path
     a, b = gguf.GGUFReader(tiny_gguf), gguf.GGUFReader(out)

@@ -16,8 +16,8 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-file", choices=["tensors", "gguf"], default="tensors",
                    help="what the target measures: tensors (default: the model's tensor bytes) "
                         "or gguf (the size of the file `lowbit export` writes: header, "
-                        "metadata, tokenizer, F32 norms and padding included; needs a GGUF or "
-                        "built-in source)")
+                        "metadata, tokenizer, F32 norms and padding included; a model the GGUF "
+                        "exporter supports)")
     g.add_argument("--candidates", metavar="LIST",
                    help="comma-separated schemes to choose from (default: q2_k..q6_k,q8_0; "
                         "'any' adds lowbit's own schemes)")

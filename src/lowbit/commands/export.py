@@ -14,6 +14,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {t}" for t, n in report.type_counts().items())
     print(f"source           {report.source} ({report.arch})")
     print(f"type             {report.preset or 'as stored (lossless)'}")
+    print(f"metadata         {report.metadata}")
     if args.imatrix:
         print(f"imatrix          {args.imatrix}")
     print(f"tensors          {len(report.tensor_types)}: {counts}")

@@ -66,6 +66,7 @@ class ExportReport:
     file_bytes: int
     seconds: float
     shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
+    metadata: str = ""  # where the key-value metadata came from
 
     @property
     def bits_per_weight(self) -> float:
@@ -80,7 +81,8 @@ class ExportReport:
         return {"path": str(self.path), "source": self.source, "arch": self.arch,
                 "preset": self.preset, "file_bytes": self.file_bytes,
                 "bits_per_weight": self.bits_per_weight, "seconds": self.seconds,
-                "type_counts": self.type_counts(), "n_lossless": len(self.lossless)}
+                "type_counts": self.type_counts(), "n_lossless": len(self.lossless),
+                "metadata": self.metadata}
 
 
 @dataclass
@@ -125,29 +127,20 @@ def to_gguf(source: str | os.PathLike, out_path: str | os.PathLike, *, qtype: st
         model, keep = _load_source(source, preset, requantize, verify)
         config = model.config
         arch = meta.gguf_arch(config)
-        src_info = getattr(config, "lowbit_source", None)
-        with meta.template_gguf(src_info) as template:
-            if template is None:
-                raise ValueError(
-                    f"{source}: GGUF export needs the GGUF metadata (tokenizer, hyperparameters) "
-                    "of the model's original GGUF file; this model came from a Hugging Face folder "
-                    "with no GGUF behind it, which is not supported yet. Export from the GGUF "
-                    "source or a built-in model instead."
-                )
-            import gguf
-
-            reader = gguf.GGUFReader(template)
-            entries = _plan(model, arch, config, reader, preset, requantize, keep, im)
+        folders = [Path(source)] if Path(source).is_dir() else []
+        with meta.gguf_header(config, folders + meta.source_folder(config)) as header:
+            entries = _plan(model, arch, config, header, preset, requantize, keep, im)
             file_type = _file_type(preset, entries)
-            _write(out, arch, reader, file_type, entries, arch_config=config, progress=progress,
+            _write(out, arch, header, file_type, entries, arch_config=config, progress=progress,
                    imatrix=im)
+            origin = header.origin
     lossless = [e.name for e in entries if e.module is not None]
     return ExportReport(
         path=out, source=str(source), arch=arch, preset=preset,
         tensor_types={e.name: e.qtype for e in entries}, lossless=lossless,
         n_elements=sum(int(np.prod(e.shape)) for e in entries),
         file_bytes=out.stat().st_size, seconds=time.perf_counter() - t0,
-        shapes={e.name: e.shape for e in entries},
+        shapes={e.name: e.shape for e in entries}, metadata=origin,
     )
 
 
@@ -193,22 +186,14 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module | 
     return found
 
 
-def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: str | None,
+def _plan(model: torch.nn.Module, arch: str, config: Any, header: Any, preset: str | None,
           requantize: bool, keep: str, imatrix: Imatrix | None = None) -> list[_Entry]:
     n_layers = config.num_hidden_layers
-    wanted = meta.template_tensors(reader)
-    by_gguf: dict[str, tuple[str, Any, Any]] = {}
-    unknown = []
-    for hf_name, (mod, tensor) in _model_tensors(model).items():
-        g = meta.gguf_name(hf_name, arch, n_layers)
-        if g is None:
-            unknown.append(hf_name)
-            continue
-        if g not in wanted and g == "output.weight":
-            continue  # tied to token_embd in the GGUF
-        by_gguf[g] = (hf_name, mod, tensor)
-    if unknown:
-        raise ValueError(f"no GGUF name for the model's tensors {unknown[:5]} ({arch})")
+    by_gguf = _by_gguf_name(model, arch, n_layers)
+    found = {g: (tuple(mod.qweight.shape) if mod is not None else tuple(tensor.shape))
+             for g, (_, mod, tensor) in by_gguf.items()}
+    wanted = header.tensor_shapes(found, bool(getattr(config, "tie_word_embeddings", False)))
+    by_gguf = {g: v for g, v in by_gguf.items() if g in wanted or g != "output.weight"}
     missing, extra = sorted(set(wanted) - set(by_gguf)), sorted(set(by_gguf) - set(wanted))
     if missing or extra:
         raise ValueError(f"the model's tensors do not match its source GGUF: missing "
@@ -240,10 +225,28 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, reader: Any, preset: s
         entries.append(_Entry(g, shape, t, tensor=tensor, importance=qw))
     if unmappable:
         _raise_unmappable(unmappable)
+    entries += [_Entry(g, w.shape, "F32", tensor=torch.from_numpy(w))  # e.g. rope_freqs
+                for g, w in header.extra_tensors().items()]
     if imatrix is not None:
         check_coverage(imatrix, [e.name for e in entries if e.module is None
                                  and e.qtype not in FLOAT_TYPES and len(e.shape) >= 2])
     return entries
+
+
+def _by_gguf_name(model: torch.nn.Module, arch: str, n_layers: int
+                  ) -> dict[str, tuple[str, Any, Any]]:
+    """GGUF name -> (HF name, QuantLinear or None, float tensor or None) of the model's tensors."""
+    by_gguf: dict[str, tuple[str, Any, Any]] = {}
+    unknown = []
+    for hf_name, (mod, tensor) in _model_tensors(model).items():
+        g = meta.gguf_name(hf_name, arch, n_layers)
+        if g is None:
+            unknown.append(hf_name)
+            continue
+        by_gguf[g] = (hf_name, mod, tensor)
+    if unknown:
+        raise ValueError(f"no GGUF name for the model's tensors {unknown[:5]} ({arch})")
+    return by_gguf
 
 
 def _raise_unmappable(layers: list[tuple[str, Any]]) -> None:
@@ -282,13 +285,13 @@ def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     return int(np.prod(lead, dtype=np.int64)) * (row // block_size(qtype)) * type_size(qtype)
 
 
-def write_head(writer: Any, reader: Any, file_type: int, entries: list[_Entry],
+def write_head(writer: Any, header: Any, file_type: int, entries: list[_Entry],
                imatrix: Imatrix | None = None) -> None:
-    """Write everything before the tensor data: header, metadata (the template's, with
-    ``file_type``), and the tensor infos of ``entries``."""
+    """Write everything before the tensor data: header, metadata (`header`'s: the template's
+    or one built from the HF config, with ``file_type``), and the tensor infos of ``entries``."""
     import gguf
 
-    meta.copy_metadata(reader, writer, file_type)
+    header.write_kv(writer, file_type)
     if imatrix is not None:
         add_imatrix_metadata(writer, imatrix)
     for e in entries:
@@ -299,7 +302,7 @@ def write_head(writer: Any, reader: Any, file_type: int, entries: list[_Entry],
     writer.write_ti_data_to_file()
 
 
-def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Entry], *,
+def _write(out: Path, arch: str, header: Any, file_type: int, entries: list[_Entry], *,
            arch_config: Any, progress: bool, imatrix: Imatrix | None = None) -> None:
     import gguf
 
@@ -307,7 +310,7 @@ def _write(out: Path, arch: str, reader: Any, file_type: int, entries: list[_Ent
     tmp = temp_sibling(out)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        write_head(writer, reader, file_type, entries, imatrix)
+        write_head(writer, header, file_type, entries, imatrix)
         items = entries
         if progress:
             from tqdm.auto import tqdm

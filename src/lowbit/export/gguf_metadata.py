@@ -1,11 +1,15 @@
-"""GGUF names, layouts and metadata for the architectures lowbit exports (llama, gemma3).
+"""GGUF names, layouts and metadata for the architectures lowbit exports (llama, qwen2, qwen3,
+gemma3).
 
 A model that came from a GGUF file (a `.gguf` source, or a built-in converted from one) is
-written back under that file's tensor names with all its key-value metadata, as it was. Two
-layout changes undo what transformers did when it loaded the GGUF:
+written back under that file's tensor names with all its key-value metadata, as it was
+(`TemplateHeader`). A model from a Hugging Face folder gets metadata built from its
+``config.json`` and ``tokenizer.json`` (`HFHeader`, see `gguf_hf`). Two layout changes undo
+what transformers did when it loaded a GGUF, and are what llama.cpp's converter does to an HF
+folder:
 
-* llama: ``attn_q`` / ``attn_k`` rows are permuted for llama.cpp's rotary layout, as
-  llama.cpp's ``convert_hf_to_gguf.py`` does (transformers un-permutes them on load);
+* llama (and Mistral): ``attn_q`` / ``attn_k`` rows (and biases) are permuted for llama.cpp's
+  rotary layout, as ``convert_hf_to_gguf.py`` does (transformers un-permutes them on load);
 * gemma3: every ``*norm.weight`` is stored as ``1 + w`` (transformers subtracts 1 on load).
 """
 
@@ -23,7 +27,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Hugging Face model_type -> GGUF architecture name
-ARCHITECTURES = {"llama": "llama", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                 "gemma3_text": "gemma3", "gemma3": "gemma3"}
 
 
 def gguf_arch(config: Any) -> str:
@@ -70,7 +75,7 @@ def row_permutation(name: str, n_rows: int, arch: str, config: Any) -> np.ndarra
 def float_layout(name: str, w: np.ndarray, arch: str, config: Any) -> np.ndarray:
     """An HF float tensor (float32) in the layout the GGUF stores it in."""
     w = np.asarray(w, dtype=np.float32)
-    perm = row_permutation(name, w.shape[0], arch, config) if w.ndim == 2 else None
+    perm = row_permutation(name, w.shape[0], arch, config) if w.ndim in (1, 2) else None
     if perm is not None:
         w = w[perm]
     if arch == "gemma3" and name.endswith("norm.weight"):
@@ -148,3 +153,84 @@ def n_gqa(config: Any) -> int:
     """n_head / n_head_kv (llama.cpp's n_gqa), used by the Q2_K preset."""
     heads = config.num_attention_heads
     return heads // (getattr(config, "num_key_value_heads", None) or heads)
+
+
+# ---------------------------------------------------------------- the header written
+
+
+class TemplateHeader:
+    """Metadata and tensor list copied from the GGUF the model came from."""
+
+    def __init__(self, reader: Any, path: Path) -> None:
+        self.reader = reader
+        self.origin = f"copied from {Path(path).name}"
+
+    def tensor_shapes(self, found: dict[str, tuple[int, ...]], tied: bool
+                      ) -> dict[str, tuple[int, ...]]:
+        """GGUF tensor name -> shape to write (the template's, in its order)."""
+        return template_tensors(self.reader)
+
+    def write_kv(self, writer: Any, file_type: int | None) -> None:
+        """Add the key-value metadata to a GGUFWriter."""
+        copy_metadata(self.reader, writer, file_type)
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors the model does not hold (none: the template's list is the model's)."""
+        return {}
+
+
+class HFHeader:
+    """Metadata built from a Hugging Face config and tokenizer folder (no GGUF behind it)."""
+
+    def __init__(self, config: Any, arch: str, vocab: Any, folder: Path) -> None:
+        self.config, self.arch, self.vocab = config, arch, vocab
+        self.origin = f"built from config.json and {Path(folder) / 'tokenizer.json'}"
+
+    def tensor_shapes(self, found: dict[str, tuple[int, ...]], tied: bool
+                      ) -> dict[str, tuple[int, ...]]:
+        """The model's own tensors; a head tied to the embedding is left to token_embd."""
+        return {g: s for g, s in found.items() if not (tied and g == "output.weight")}
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp needs that the model does not hold (Llama-3 rope_freqs)."""
+        from lowbit.export.gguf_hf import extra_tensors
+
+        return extra_tensors(self.config, self.arch)
+
+    def write_kv(self, writer: Any, file_type: int | None) -> None:
+        """Hyperparameters, tokenizer, quantization version and file type."""
+        from lowbit.export.gguf_hf import write_hyperparameters
+
+        write_hyperparameters(writer, self.config, self.arch)
+        self.vocab.write(writer)
+        writer.add_quantization_version(2)  # ggml's GGML_QNT_VERSION
+        if file_type is not None:
+            writer.add_file_type(file_type)
+
+
+@contextlib.contextmanager
+def gguf_header(config: Any, tokenizer_dirs: list[Path]) -> Iterator[TemplateHeader | HFHeader]:
+    """The header of `config`'s model: its source GGUF's (`config.lowbit_source`), else one
+    built from config.json and the tokenizer.json of the first of `tokenizer_dirs` that has
+    one (a checkpoint folder, then the Hugging Face folder it was made from)."""
+    import gguf
+
+    with template_gguf(getattr(config, "lowbit_source", None)) as template:
+        if template is not None:
+            yield TemplateHeader(gguf.GGUFReader(template), template)
+            return
+    from lowbit.export.gguf_hf import check_hf_arch, hf_vocab
+
+    arch = check_hf_arch(config)
+    folder = next((Path(d) for d in tokenizer_dirs if (Path(d) / "tokenizer.json").is_file()),
+                  None)
+    if folder is None:
+        raise ValueError("GGUF export from a Hugging Face folder needs its tokenizer.json; "
+                         f"none in {', '.join(str(d) for d in tokenizer_dirs) or '(no folder)'}")
+    yield HFHeader(config, arch, hf_vocab(folder, config), folder)
+
+
+def source_folder(config: Any) -> list[Path]:
+    """The Hugging Face folder a model was loaded from (its `lowbit_source` path), if any."""
+    path = (getattr(config, "lowbit_source", None) or {}).get("path")
+    return [Path(path)] if path and Path(path).is_dir() else []

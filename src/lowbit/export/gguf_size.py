@@ -25,7 +25,7 @@ def _pad(n: int, align: int) -> int:
 
 def gguf_overhead(model: nn.Module, quantized: Iterable[str], keep_dtype: torch.dtype) -> int:
     """Bytes of ``model``'s GGUF export other than the data of the modules named in
-    ``quantized`` (float ``model``, as loaded from its GGUF or built-in source)."""
+    ``quantized`` (float ``model``, as loaded from its source: a GGUF, built-in or HF folder)."""
     import gguf
 
     from lowbit.export.gguf import _KEEP_TYPES, _file_type, _nbytes, _plan, write_head
@@ -34,16 +34,11 @@ def gguf_overhead(model: nn.Module, quantized: Iterable[str], keep_dtype: torch.
     arch = meta.gguf_arch(config)
     n_layers = config.num_hidden_layers
     qnames = {meta.gguf_name(f"{m}.weight", arch, n_layers) for m in quantized}
-    with meta.template_gguf(getattr(config, "lowbit_source", None)) as template:
-        if template is None:
-            raise ValueError("--target-file gguf: the model has no GGUF behind it (a Hugging "
-                             "Face folder), so its GGUF export and overhead are unknown; give a "
-                             "GGUF file or a built-in model, or --target-file tensors")
-        reader = gguf.GGUFReader(template)
-        entries = _plan(model, arch, config, reader, None, False, _KEEP_TYPES[keep_dtype])
+    with meta.gguf_header(config, meta.source_folder(config)) as header:
+        entries = _plan(model, arch, config, header, None, False, _KEEP_TYPES[keep_dtype])
         with tempfile.TemporaryDirectory(prefix="lowbit-gguf-size-") as tmp:
             writer = gguf.GGUFWriter(str(Path(tmp) / "head.gguf"), arch)
-            write_head(writer, reader, _file_type(None, entries), entries)
+            write_head(writer, header, _file_type(None, entries), entries)
             align = writer.data_alignment
             writer.close()
             head = (Path(tmp) / "head.gguf").stat().st_size
