@@ -69,20 +69,23 @@ def row_names(schemes: Sequence[str], *, baseline_rows: bool = True,
 
 
 def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path: Path,
-                    model: str) -> None:
+                    model: str, embedding: str | None = None) -> None:
     want = settings.to_dict()
     for rec in records:
-        if rec.get("settings") != want or rec.get("model") != model:
+        quantized = not rec.get("baseline") and rec.get("name") != BASELINE_LABEL
+        if rec.get("settings") != want or rec.get("model") != model or (
+                quantized and rec.get("embedding") != embedding):
             raise ValueError(
-                f"{path} holds results made with other settings or another model "
-                f"({rec.get('model')!r}, {rec.get('settings')}); use another output folder, "
+                f"{path} holds results made with other settings, another model or another "
+                f"embedding scheme ({rec.get('model')!r}, {rec.get('settings')}, embedding "
+                f"{rec.get('embedding')!r}); use another output folder, "
                 "or pass --force to start it afresh"
             )
 
 
 def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: str | None = None,
-              method: str = DEFAULT_METHOD, calibration: Calibration | None = None
-              ) -> tuple[nn.Module, dict[str, Any] | None]:
+              method: str = DEFAULT_METHOD, calibration: Calibration | None = None,
+              embedding: str | None = None) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh copy of the baseline for row ``name``: quantized under ``scheme`` (default: the
     name) with ``method`` (with its layer table), or with only its kept tensors rounded to fp16
     (layer table computed later, against the baseline)."""
@@ -94,7 +97,7 @@ def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: str |
         model.lowbit_keep_dtype = torch.float16
         return model, None
     report = quantize(model, scheme or name, method=method, calibration=calibration,
-                      progress=False, strict=strict)
+                      progress=False, strict=strict, embedding=embedding)
     return model, report.table()
 
 
@@ -114,6 +117,7 @@ def run_sweep(
     strict: bool = False,
     methods: Sequence[str] = (DEFAULT_METHOD,),
     calibration: Calibration | MakeCalibration | None = None,
+    embedding: str | None = None,
 ) -> SweepOutput:
     """Sweep every (method, scheme) pair on ``model`` (a built-in name, folder or GGUF) into
     folder ``out``. Data-aware methods calibrate on ``calibration`` (a Calibration, or a
@@ -124,6 +128,8 @@ def run_sweep(
     ``cache_logits=False`` reruns the baseline beside each row instead of storing its logits.
     The folder's lock is held throughout (:mod:`lowbit.storage.lock`); ``strict`` stops at a
     scale-format range problem (:mod:`lowbit.core.range`) instead of recording it.
+    ``embedding``: quantize the input embedding (and a head tied to it) of every quantized row
+    with this scheme (recorded in each row; default: kept in fp16 like the other kept tensors).
     """
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
@@ -137,13 +143,13 @@ def run_sweep(
             jsonl.unlink(missing_ok=True)
             shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
         records = read_records(jsonl, repair=True)
-        _check_settings(records, settings, jsonl, model)
+        _check_settings(records, settings, jsonl, model, embedding)
         done = {r["name"] for r in records}
         todo = [r for r in rows if r.name not in done]
         ran: list[str] = []
         if todo:
             ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                            records, strict, calibration)
+                            records, strict, calibration, embedding)
         records = read_records(jsonl)
         return _finish(model, names, records, out, keep_cache, title, ran, t0)
 
@@ -166,8 +172,8 @@ def _finish(model: str, names: list[str], records: list[dict[str, Any]], out: Pa
 def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSettings,
               out: Path, cache_logits: bool, progress: bool,
               loaded: tuple[nn.Module, Any] | None, records: list[dict[str, Any]],
-              strict: bool = False, calibration: Calibration | MakeCalibration | None = None
-              ) -> list[str]:
+              strict: bool = False, calibration: Calibration | MakeCalibration | None = None,
+              embedding: str | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="sweep", unit="row", disable=not progress)
@@ -192,7 +198,7 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         for row in todo:
             if any(r["name"] == row.name for r in read_records(jsonl)):
                 continue  # written meanwhile (an API caller without the lock): never twice
-            rec = _one_row(base, tok, ref, settings, row, strict, cal, step)
+            rec = _one_row(base, tok, ref, settings, row, strict, cal, step, embedding)
             rec["model"] = model_name
             if append_record(jsonl, rec):
                 records.append(rec)
@@ -204,8 +210,8 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
 
 
 def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: Row,
-             strict: bool, cal: Calibration | None, step: Callable[..., None]
-             ) -> dict[str, Any]:
+             strict: bool, cal: Calibration | None, step: Callable[..., None],
+             embedding: str | None = None) -> dict[str, Any]:
     """Make and evaluate one row; its record (with the method, and the calibration's
     fingerprint for a data-aware method)."""
     from lowbit.methods import get_method
@@ -220,10 +226,13 @@ def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: R
         aware = row.method is not None and get_method(row.method).data_aware
         model, layers = _make_row(base, name, strict, scheme=row.scheme,
                                   method=row.method or DEFAULT_METHOD,
-                                  calibration=cal if aware else None)
+                                  calibration=cal if aware else None,
+                                  embedding=embedding if name != KEPT16_LABEL else None)
         rec = evaluate(model, tok, ref, settings, name=name, scheme=row.scheme, layers=layers,
                        step=lambda s: step(s, name))
         rec["baseline"] = name == KEPT16_LABEL
+        if embedding is not None and name != KEPT16_LABEL:
+            rec["embedding"] = embedding
         if row.method is not None:
             rec["method"] = row.method
         if aware:
