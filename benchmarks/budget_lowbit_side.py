@@ -89,8 +89,9 @@ class LowbitSide:
 
 
 def run_any_variant(name: str, windows, sens_ggml, sens_any, presets: list[str],
-                    uniform: list[str]) -> list[dict]:
-    """Uniform schemes, presets and budgeted plans (ggml-only, any) scored by lowbit."""
+                    uniform: list[str], on_row=None) -> list[dict]:
+    """Uniform schemes, presets and budgeted plans (ggml-only, any) scored by lowbit;
+    ``on_row(rows)`` after each row (to store them as they come)."""
     from tqdm import tqdm
 
     from lowbit.budget.plan import budget_plan
@@ -105,6 +106,8 @@ def run_any_variant(name: str, windows, sens_ggml, sens_any, presets: list[str],
                "file": label, "imatrix": "none", "evaluator": EVALUATOR, **r,
                "note": "; ".join(x for x in (r["note"], extra) if x)}
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
         return row
 
     for scheme in tqdm(uniform, desc="uniform schemes", unit="scheme"):

@@ -69,8 +69,9 @@ def render(rows: list[dict], info: dict, text: str, plot: str) -> str:
     return "\n".join([
         "# Budgeted plans vs llama.cpp's presets", "",
         "Produced by `benchmarks/budget_vs_llamacpp.py` (one run per model on a shared 2-core "
-        "machine, 1 thread). Every row is scored on the same windows of 512 tokens of "
-        f"{text} (second halves scored), KL(float || quantized) per token. Budgets are the "
+        f"machine, 1 thread). Every row is scored on windows of 512 tokens of {text} "
+        "(second halves scored; how many tokens each variant scored is in the run facts), "
+        "KL(float || quantized) per token. Budgets are the "
         "exact tensor bytes of llama.cpp's preset file (less its norms' F32-vs-F16 "
         "difference). Importance matrices, where used: llama-imatrix (llama-quantize) and "
         "lowbit's `measure_imatrix` (`lowbit imatrix`, lowbit's `rtn-imatrix`) on the same 8 "

@@ -211,11 +211,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"])
     ap.add_argument("--imatrix-models", nargs="*", default=["smollm2-135m"])
+    ap.add_argument("--uniform", nargs="+", default=list(UNIFORM),
+                    help="uniform schemes of the any-scheme variant")
     ap.add_argument("--parts", nargs="+", choices=["ggml", "any"], default=["ggml", "any"])
+    ap.add_argument("--render-only", action="store_true",
+                    help="only write budget.md and budget.png from the stored rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     allrows, info = merge([], {}, [], [], [])
-    for name in args.models:
+    for name in [] if args.render_only else args.models:
         any_part = "any" in args.parts and name == "smollm2-135m"
         kinds = args.sensitivity if name == "smollm2-135m" else ["proxy"]
         facts, sens = {}, {}
@@ -226,7 +230,8 @@ def main() -> None:
             facts[f"{name} {kind} sensitivity"] = f"over {', '.join(cands)}, {secs:.0f} s"
         ggml_sens = {k: only_ggml(v) for k, v in sens.items()}
         windows = eval_windows(name, args.max_tokens)
-        facts["scored tokens"] = windows.n_scored
+        facts["scored tokens" if "ggml" in args.parts else "scored tokens (any-scheme "
+              "variant)"] = windows.n_scored
         if "ggml" in args.parts:
             with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
                 got = run_ggml_variant(name, Path(tmp), args, ggml_sens, windows,
@@ -235,9 +240,12 @@ def main() -> None:
         if any_part:
             from budget_lowbit_side import run_any_variant
 
-            got = run_any_variant(name, windows, ggml_sens["proxy"], sens["proxy"],
-                                  args.presets, list(UNIFORM))
-            allrows, info = merge(got, facts, [name], ["any"], args.presets)
+            def store(got: list[dict], facts=facts, name=name) -> tuple[list[dict], dict]:
+                return merge(got, facts, [name], ["any"], args.presets)
+
+            allrows, info = store(run_any_variant(name, windows, ggml_sens["proxy"],
+                                                  sens["proxy"], args.presets, args.uniform,
+                                                  store))
     plot = write_plot(allrows, RESULTS / "budget.png")
     text = render(allrows, info, TEXT, plot.name)
     write_text_atomic(RESULTS / "budget.md", text)
