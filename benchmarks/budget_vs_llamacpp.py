@@ -109,11 +109,8 @@ def only_ggml(sens):
 
 
 def imatrices(name: str, work: Path, f32: Path, tok) -> dict[str, Path]:
-    """llama-imatrix's and lowbit's importance matrices on the same calibration windows."""
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT
-    from lowbit.export.imatrix import measure_imatrix
-    from lowbit.ggml.imatrix import write_imatrix
-    from lowbit.models import load_model
+    """llama-imatrix's importance matrix on the calibration windows (lowbit cannot yet apply
+    one to a plan of ggml types: see run_ggml_variant)."""
     from lowbit.runtimes.llamacpp_tools import llama_imatrix
     from peers.ggml import calibration_text
 
@@ -121,10 +118,7 @@ def imatrices(name: str, work: Path, f32: Path, tok) -> dict[str, Path]:
     text = calibration_text(tok, cal.tokens, work / "calib.txt")
     theirs = llama_imatrix(f32, text, work / "llama-imatrix.gguf", ctx=IMATRIX_LENGTH,
                            chunks=IMATRIX_WINDOWS)
-    model, _ = load_model(name)
-    ours = write_imatrix(work / "lowbit-imatrix.gguf",
-                         measure_imatrix(model, cal, datasets=[DEFAULT_CALIBRATION_TEXT]))
-    return {"llama-imatrix": theirs, "lowbit imatrix": ours}
+    return {"llama-imatrix": theirs}
 
 
 def eval_windows(name: str, max_tokens: int):
@@ -165,12 +159,11 @@ def run_ggml_variant(name: str, work: Path, args, sensitivities: dict, windows,
             files.append(("llama.cpp preset", f"llama.cpp {preset}", "llama-imatrix", ti,
                           "preset rules"))
         for kind, sens in sensitivities.items():
-            for im in ("none", "lowbit imatrix") if imat else ("none",):
-                tag = f"{preset}-{kind}-{im.replace(' ', '_')}"
-                path, _, secs = lowbit_file(name, work, sens, target, tag, imat.get(im))
-                method = "rtn-imatrix" if im != "none" else "rtn"
-                files.append(("budget ggml", f"lowbit budget ({kind} sensitivity, {method})",
-                              im, path, f"{secs:.0f} s to plan, quantize, export"))
+            # no imatrix on lowbit's side: rtn-imatrix refuses ggml types, and to_gguf's
+            # imatrix serves float-model presets only, not a checkpoint's plan
+            path, _, secs = lowbit_file(name, work, sens, target, f"{preset}-{kind}")
+            files.append(("budget ggml", f"lowbit budget ({kind} sensitivity, rtn)", "none",
+                          path, f"{secs:.0f} s to plan, quantize, export"))
         for kind, label, im, path, note in files:
             m = metrics(base, llamacpp_scores(path, windows, 1), windows)
             flag = grid_note(f32, path)
