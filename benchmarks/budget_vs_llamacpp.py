@@ -1,30 +1,44 @@
-"""lowbit's budgeted ggml-type plans against llama.cpp's presets at the same file size.
+"""lowbit's budgeted plans against llama.cpp's presets at the same size, and a size-vs-KL plot.
 
-For each preset, llama.cpp quantizes the model's F32 GGUF; lowbit then plans the same tensor
-bytes (the preset file's tensors, less the norms' F32-vs-F16 difference) over ggml types,
-quantizes, and exports to GGUF without requantizing. llama.cpp scores both files against the F32
-file's logits on the same windows (KL mean and p99, top-1 agreement, perplexity). Variant in
-this script: ggml-types-only plans scored by llama.cpp, no importance matrix on either side.
-Writes benchmarks/results/budget.md atomically.
+Two variants (``--parts``):
 
-    .venv/bin/python benchmarks/budget_vs_llamacpp.py [--sensitivity proxy|kl]
+- ``ggml``: for each preset llama.cpp quantizes the model's F32 GGUF; lowbit plans the same
+  tensor bytes (the preset file's tensors, less the norms' F32-vs-F16 difference) over ggml
+  types, quantizes and exports to GGUF without requantizing; llama.cpp scores both files
+  against the F32 file's logits on the same windows. With ``--imatrix-models``, the same again
+  with an importance matrix on both sides: llama-imatrix for llama-quantize, ``lowbit imatrix``
+  (``measure_imatrix``, on the same calibration windows) for lowbit's ``rtn-imatrix``.
+- ``any``: SmolLM2 only, scored by lowbit's evaluator (:mod:`budget_lowbit_side`): uniform
+  schemes, the presets as lowbit reproduces them, and budgeted plans over ggml types and over
+  any scheme at each preset's bytes.
+
+Rows are kept in ``results/budget.json`` (a rerun of some models or parts replaces only those
+rows); ``results/budget.md`` and ``results/budget.png`` are written from all of them.
+
+    .venv/bin/python benchmarks/budget_vs_llamacpp.py [--models ...] [--parts ggml any]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from gguf_vs_llamacpp import TEXT, llamacpp_scores, metrics
+from budget_report import render, write_plot
+from gguf_vs_llamacpp import TEXT, grid_note, llamacpp_scores, metrics
 from lowbit.storage.atomic import write_text_atomic
 
 PRESETS = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M")
-RESULTS = Path(__file__).parent / "results" / "budget.md"
-MODEL = "smollm2-135m"
+RESULTS = Path(__file__).parent / "results"
+#: uniform schemes of the any-scheme variant (each Linear and the embedding)
+UNIFORM = ("q2_k", "q3_k", "int3-asym-g64", "q4_0", "q4_k", "int4-asym-g64", "nf4-g64",
+           "q5_k", "q6_k", "q8_0")
+#: calibration of both importance matrices: windows x tokens of the calibration text
+IMATRIX_WINDOWS, IMATRIX_LENGTH = 8, 512
 
 
 def tensor_bytes(path: Path) -> tuple[int, int]:
@@ -36,88 +50,198 @@ def tensor_bytes(path: Path) -> tuple[int, int]:
     return sum(b.size for _, b in t.values()), saved
 
 
-def lowbit_file(work: Path, sens, target: int, name: str) -> tuple[Path, dict, float]:
-    """Quantize SmolLM2 to the budgeted plan, export it; (GGUF, plan details, seconds)."""
+def lowbit_file(name: str, work: Path, sens, target: int, tag: str,
+                imatrix: Path | None = None) -> tuple[Path, dict, float]:
+    """Quantize the model to the budgeted plan, export it; (GGUF, plan details, seconds)."""
     import lowbit
     from lowbit.budget.plan import budget_plan
     from lowbit.export import to_gguf
     from lowbit.models import load_model
 
     t0 = time.perf_counter()
-    model, tok = load_model(MODEL)
+    model, tok = load_model(name)
     plan = budget_plan(model, sens, target_bytes=target)
-    report = lowbit.quantize(model, plan, progress=False)
-    ck = lowbit.save(model, work / f"ck-{name}", tokenizer=tok, force=True,
+    method = {"method": "rtn-imatrix", "imatrix": imatrix} if imatrix else {}
+    report = lowbit.quantize(model, plan, progress=False, **method)
+    ck = lowbit.save(model, work / f"ck-{tag}", tokenizer=tok, force=True,
                      layer_info={**report.layers, **report.embeddings})
-    out = to_gguf(ck, work / f"lowbit-{name}.gguf", force=True).path
+    out = to_gguf(ck, work / f"lowbit-{tag}.gguf", force=True).path
     return out, plan.details, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sensitivity", choices=["proxy", "kl"], default="proxy")
-    ap.add_argument("--max-tokens", type=int, default=2048)
-    ap.add_argument("--presets", nargs="+", default=list(PRESETS))
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+def calibration(tok, windows: int, length: int):
+    """The calibration windows (the CLI's text: its sensitivity cache is shared)."""
+    from lowbit.calibration import Calibration
+    from lowbit.data import DEFAULT_CALIBRATION_TEXT
+
+    return Calibration.from_texts(tok, [DEFAULT_CALIBRATION_TEXT], tokens=windows * length,
+                                  length=length)
+
+
+def measure(name: str, kind: str, candidates: list[str]):
+    """Sensitivity of the float model (proxy or measured KL) on the CLI's default windows."""
+    from lowbit.commands.budget import SENSITIVITY_LENGTH, SENSITIVITY_WINDOWS
+    from lowbit.models import load_model
+
+    model, tok = load_model(name)
+    cal = calibration(tok, SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH)
+    t0 = time.perf_counter()
+    if kind == "proxy":
+        from lowbit.budget.proxy import measure_proxy
+
+        sens = measure_proxy(model, cal, candidates)
+    else:
+        from lowbit.budget.sensitivity import measure_sensitivity
+
+        sens = measure_sensitivity(model, cal, candidates)
+    return sens, time.perf_counter() - t0
+
+
+def only_ggml(sens):
+    """The sensitivity restricted to ggml types (the candidates a GGUF can hold)."""
+    from lowbit.budget.sensitivity import Sensitivity
+    from lowbit.core.scheme import Scheme
+
+    keep = {u: [s for s in per if Scheme.parse(s).ggml_type] for u, per in sens.kl.items()}
+    return Sensitivity(sens.units, sens.params,
+                       {u: {s: sens.kl[u][s] for s in k} for u, k in keep.items()},
+                       {u: {s: sens.nbytes[u][s] for s in k} for u, k in keep.items()})
+
+
+def imatrices(name: str, work: Path, f32: Path, tok) -> dict[str, Path]:
+    """llama-imatrix's importance matrix on the calibration windows (lowbit cannot yet apply
+    one to a plan of ggml types: see run_ggml_variant)."""
+    from lowbit.runtimes.llamacpp_tools import llama_imatrix
+    from peers.ggml import calibration_text
+
+    cal = calibration(tok, IMATRIX_WINDOWS, IMATRIX_LENGTH)
+    text = calibration_text(tok, cal.tokens, work / "calib.txt")
+    theirs = llama_imatrix(f32, text, work / "llama-imatrix.gguf", ctx=IMATRIX_LENGTH,
+                           chunks=IMATRIX_WINDOWS)
+    return {"llama-imatrix": theirs}
+
+
+def eval_windows(name: str, max_tokens: int):
+    """The evaluation windows of every row: 512 tokens of the evaluation text."""
     from transformers import AutoTokenizer
 
-    from lowbit.budget.plan import GGML_CANDIDATES
-    from lowbit.calibration import Calibration
-    from lowbit.data import DEFAULT_CALIBRATION_TEXT, read_text
+    from lowbit.data import read_text
     from lowbit.eval import make_windows
-    from lowbit.models import BUILTINS, ensure_builtin, load_model
-    from lowbit.runtimes.llamacpp import quantize_gguf
+    from lowbit.models import ensure_builtin
 
+    tok = AutoTokenizer.from_pretrained(ensure_builtin(name))
+    return make_windows(tok, read_text(TEXT), context=512, max_tokens=max_tokens)
+
+
+def run_ggml_variant(name: str, work: Path, args, sensitivities: dict, windows,
+                     with_imatrix: bool) -> list[dict]:
+    """Presets and budgeted ggml plans (one per sensitivity kind) of one model, every file
+    scored by llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from lowbit.models import BUILTINS, ensure_builtin
+    from lowbit.runtimes.llamacpp_tools import llama_quantize
+
+    f32 = work / "F32.gguf"
+    llama_quantize(Path(BUILTINS[name].fetch(work)), f32, "F32", allow_requantize=True)
+    tok = AutoTokenizer.from_pretrained(ensure_builtin(name))
+    base = llamacpp_scores(f32, windows, 1)
+    imat = imatrices(name, work, f32, tok) if with_imatrix else {}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
-        work = Path(tmp)
-        f32 = work / "F32.gguf"
-        quantize_gguf(Path(BUILTINS[MODEL].fetch(work)), f32, "F32", threads=1,
-                      allow_requantize=True)
-        tok = AutoTokenizer.from_pretrained(ensure_builtin(MODEL))
-        windows = make_windows(tok, read_text(TEXT), context=512, max_tokens=args.max_tokens)
-        base = llamacpp_scores(f32, windows, 1)
-        model, _ = load_model(MODEL)
-        cal = Calibration.from_text(tok, DEFAULT_CALIBRATION_TEXT, windows=2, length=128)
-        t0 = time.perf_counter()
-        if args.sensitivity == "proxy":
-            from lowbit.budget.proxy import measure_proxy
+    for preset in args.presets:
+        theirs = llama_quantize(f32, work / f"llamacpp-{preset}.gguf", preset)
+        total, f16_saving = tensor_bytes(theirs)
+        target = total - f16_saving
+        files = [("llama.cpp preset", f"llama.cpp {preset}", "none", theirs, "preset rules")]
+        if imat:
+            ti = llama_quantize(f32, work / f"llamacpp-{preset}-im.gguf", preset,
+                                imatrix=imat["llama-imatrix"])
+            files.append(("llama.cpp preset", f"llama.cpp {preset}", "llama-imatrix", ti,
+                          "preset rules"))
+        for kind, sens in sensitivities.items():
+            # no imatrix on lowbit's side: rtn-imatrix refuses ggml types, and to_gguf's
+            # imatrix serves float-model presets only, not a checkpoint's plan
+            path, _, secs = lowbit_file(name, work, sens, target, f"{preset}-{kind}")
+            files.append(("budget ggml", f"lowbit budget ({kind} sensitivity, rtn)", "none",
+                          path, f"{secs:.0f} s to plan, quantize, export"))
+        for kind, label, im, path, note in files:
+            m = metrics(base, llamacpp_scores(path, windows, 1), windows)
+            flag = grid_note(f32, path)
+            rows.append({"variant": "ggml", "model": name, "size_of": preset, "kind": kind,
+                         "file": label, "imatrix": im, "evaluator": "llama.cpp", **m,
+                         "bytes": path.stat().st_size,
+                         "note": "; ".join(x for x in (flag, note) if x)})
+    return rows
 
-            sens = measure_proxy(model, cal, list(GGML_CANDIDATES))
-        else:
-            from lowbit.budget.sensitivity import measure_sensitivity
 
-            sens = measure_sensitivity(model, cal, list(GGML_CANDIDATES))
-        t_sens = time.perf_counter() - t0
-        del model
-        for preset in args.presets:
-            theirs = work / f"llamacpp-{preset}.gguf"
-            quantize_gguf(f32, theirs, preset, threads=1)
-            total, f16_saving = tensor_bytes(theirs)
-            ours, details, secs = lowbit_file(work, sens, total - f16_saving, preset)
-            for who, path, note in (("llama.cpp " + preset, theirs, "preset rules"),
-                                    ("lowbit budget", ours, f"{secs:.0f} s to plan, quantize "
-                                     f"and export; plan {details['predicted_bytes']} B")):
-                m = metrics(base, llamacpp_scores(path, windows, 1), windows)
-                rows.append([preset, who, f"{path.stat().st_size / 1e6:.2f}",
-                             f"{m['ppl']:.4f}", f"{m['kl']:.5f}", f"{m['kl99']:.4f}",
-                             f"{m['top1']:.2%}", note])
-    head = ["size of", "file", "MB", "ppl (llama.cpp)", "KL mean", "KL p99", "top-1", "note"]
-    text = "\n".join([
-        "# Budgeted ggml-type plans vs llama.cpp's presets (SmolLM2-135M)", "",
-        f"Produced by `benchmarks/budget_vs_llamacpp.py --sensitivity {args.sensitivity}`. "
-        f"Sensitivity: {args.sensitivity} on 2 windows of 128 tokens of "
-        f"{DEFAULT_CALIBRATION_TEXT}, candidates {', '.join(GGML_CANDIDATES)} (llama.cpp's "
-        f"fallbacks where a row is not whole blocks), {t_sens:.0f} s. Every file is scored by "
-        f"llama.cpp (1 thread) against the F32 GGUF's logits on {windows.n_scored} tokens of "
-        f"{TEXT} (windows of 512, second halves scored). No importance matrix on either side. "
-        "One run on a shared 2-core machine.", "",
-        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows), "",
-    ])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS, text)
+def merge(rows: list[dict], info: dict, models: list[str], parts: list[str],
+          presets: list[str]) -> tuple[list[dict], dict]:
+    """The stored rows with those run now replaced (the ggml variant's by preset, so runs of
+    different presets can go side by side), and the run facts updated; stored again under a
+    lock."""
+    import fcntl
+
+    path = RESULTS / "budget.json"
+    with open(Path(tempfile.gettempdir()) / "lowbit-budget-bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.is_file() else {"rows": [], "info": {}}
+        kept = [r for r in old["rows"] if not (
+            r["model"] in models and r["variant"] in parts
+            and (r["variant"] == "any" or r["size_of"] in presets))]
+        new = {"rows": kept + rows, "info": {**old["info"], **info}}
+        write_text_atomic(path, json.dumps(new, indent=1) + "\n")
+    return new["rows"], new["info"]
+
+
+def main() -> None:
+    from lowbit.budget.plan import ANY_CANDIDATES, GGML_CANDIDATES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sensitivity", nargs="+", choices=["proxy", "kl"], default=["proxy"],
+                    help="sensitivities to plan SmolLM2's ggml variant from (a row each; "
+                         "Gemma and the any-scheme variant: proxy)")
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS))
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"])
+    ap.add_argument("--imatrix-models", nargs="*", default=["smollm2-135m"])
+    ap.add_argument("--uniform", nargs="+", default=list(UNIFORM),
+                    help="uniform schemes of the any-scheme variant")
+    ap.add_argument("--parts", nargs="+", choices=["ggml", "any"], default=["ggml", "any"])
+    ap.add_argument("--render-only", action="store_true",
+                    help="only write budget.md and budget.png from the stored rows")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    allrows, info = merge([], {}, [], [], [])
+    for name in [] if args.render_only else args.models:
+        any_part = "any" in args.parts and name == "smollm2-135m"
+        kinds = args.sensitivity if name == "smollm2-135m" else ["proxy"]
+        facts, sens = {}, {}
+        for kind in kinds:
+            # the any-scheme variant plans from the proxy over every candidate
+            cands = ANY_CANDIDATES if any_part and kind == "proxy" else GGML_CANDIDATES
+            sens[kind], secs = measure(name, kind, list(cands))
+            facts[f"{name} {kind} sensitivity"] = f"over {', '.join(cands)}, {secs:.0f} s"
+        ggml_sens = {k: only_ggml(v) for k, v in sens.items()}
+        windows = eval_windows(name, args.max_tokens)
+        facts["scored tokens" if "ggml" in args.parts else "scored tokens (any-scheme "
+              "variant)"] = windows.n_scored
+        if "ggml" in args.parts:
+            with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
+                got = run_ggml_variant(name, Path(tmp), args, ggml_sens, windows,
+                                       name in args.imatrix_models)
+            allrows, info = merge(got, facts, [name], ["ggml"], args.presets)
+        if any_part:
+            from budget_lowbit_side import run_any_variant
+
+            def store(got: list[dict], facts=facts, name=name) -> tuple[list[dict], dict]:
+                return merge(got, facts, [name], ["any"], args.presets)
+
+            allrows, info = store(run_any_variant(name, windows, ggml_sens["proxy"],
+                                                  sens["proxy"], args.presets, args.uniform,
+                                                  store))
+    plot = write_plot(allrows, RESULTS / "budget.png")
+    text = render(allrows, info, TEXT, plot.name)
+    write_text_atomic(RESULTS / "budget.md", text)
     print(text)
 
 

@@ -116,3 +116,22 @@ def test_cli_quantize_with_an_imatrix_and_with_several_texts(tiny_hf_dir: Path, 
                  "--method", "rtn-imatrix", "--imatrix", str(path), "--calib",
                  str(texts[0])]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_tied_head_is_quantized_without_an_entry(tiny_tokenizer, tmp_path: Path) -> None:
+    """llama-imatrix never records a head tied to the embedding (llama-quantize quantizes
+    token_embd without importance): rtn-imatrix quantizes it by plain rtn, the rest weighted."""
+    from tests.test_embeddings import _tied_llama
+
+    model = _tied_llama(tiny_tokenizer)
+    path = tmp_path / "imatrix.gguf"
+    write_imatrix(path, random_imatrix(model))
+    head = model.lm_head.weight.detach().clone()
+    down = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    report = lowbit.quantize(model, SCHEME, embedding="q8_0", method="rtn-imatrix",
+                             imatrix=path, progress=False)
+    assert report.layers["lm_head"].method == "rtn"
+    assert torch.equal(model.lm_head.qweight.codes, lowbit.quantize_tensor(head, "q8_0").codes)
+    imx = load_imatrix(path).importance("blk.0.ffn_down.weight")
+    want = quantize_weighted(down, SCHEME, torch.from_numpy(np.asarray(imx, dtype=np.float64)))
+    assert torch.equal(model.model.layers[0].mlp.down_proj.qweight.codes, want.codes)

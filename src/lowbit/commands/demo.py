@@ -39,6 +39,12 @@ DEMO_SCHEMES: tuple[str, ...] = (
 #: dequantization, not the format; ``lowbit eval`` measures it for one model.
 DEMO_SETTINGS = EvalSettings(context=256, max_tokens=1024, max_questions=30, speed=False)
 
+#: llama.cpp's preset whose rule gives the demo's embedding (tied to the head) its type, so the
+#: whole-model sizes compare with llama.cpp's files: for a tied ``token_embd`` every k-quant
+#: preset applies its output rule (q6_k), which llama.cpp replaces by q8_0 when rows are not
+#: whole 256-blocks (Gemma-3-270M's 640); see :func:`demo_embedding`.
+EMBEDDING_PRESET = "q4_k_m"
+
 DEFAULT_OUT = "out/demo"
 PUBLISHED = ("results.md", "claims.md", "run.json", "results.csv", "bits_vs_kl.png",
              "bits_vs_ppl.png", "sym_vs_asym.png", "layer_error.png", "report.html")
@@ -112,7 +118,24 @@ def check_claims(records: list[dict]) -> list[str]:
     return lines
 
 
-def record_run(out: Path, wall: float, ran: int, rows: int) -> dict:
+def demo_embedding(model) -> str:
+    """The scheme llama.cpp's :data:`EMBEDDING_PRESET` gives the model's input embedding (with
+    the head tied to it), from lowbit's reproduction of its rules (``preset_plan``)."""
+    from lowbit.pipeline.presets import preset_plan
+
+    return str(preset_plan(model, EMBEDDING_PRESET).embedding)
+
+
+def embedding_note(scheme: str) -> str:
+    """The line under the demo's table that says how the embedding was stored."""
+    return (f"Every quantized row stores the input embedding (tied to the output head) as "
+            f"{scheme}: the type llama.cpp's {EMBEDDING_PRESET.upper()} gives a tied token_embd "
+            "(its output rule, q6_k, falls back to q8_0 when rows are not whole 256-blocks), so "
+            "whole-model sizes compare with llama.cpp's files; norms stay fp16. The fp16 row "
+            "keeps the embedding in fp16.")
+
+
+def record_run(out: Path, wall: float, ran: int, rows: int, note: str = "") -> dict:
     """Write the run's wall time and the machine's core count into ``run.json`` and under the
     table of ``results.md``: a quoted demo time comes from a run that names its machine."""
     import torch
@@ -122,6 +145,7 @@ def record_run(out: Path, wall: float, ran: int, rows: int) -> dict:
     (out / "run.json").write_text(json.dumps(facts, indent=1) + "\n", encoding="utf-8")
     resumed = f" ({rows - ran} of {rows} rows from an earlier run)" if ran < rows else ""
     with (out / "results.md").open("a", encoding="utf-8") as f:
+        f.write(f"\n{note}\n" if note else "")
         f.write(f"\nThis run: {ran} rows evaluated in {wall / 60:.1f} min wall time on "
                 f"{facts['cpu_count']} CPU cores (torch threads {facts['torch_threads']})"
                 f"{resumed}.\n")
@@ -130,18 +154,21 @@ def record_run(out: Path, wall: float, ran: int, rows: int) -> dict:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the sweep, print the table and where the report is; 0 on success."""
+    from lowbit.models import load_model
     from lowbit.report.sweep import run_sweep
 
     t0 = time.perf_counter()
     out = Path(getattr(args, "output", DEFAULT_OUT))
+    loaded = load_model(DEMO_MODEL)
+    embedding = demo_embedding(loaded[0])
     result = run_sweep(
         DEMO_MODEL, DEMO_SCHEMES, out, settings=DEMO_SETTINGS,
         force=getattr(args, "force", False), progress=not getattr(args, "no_progress", False),
-        strict=getattr(args, "strict", False),
+        strict=getattr(args, "strict", False), loaded=loaded, embedding=embedding,
         title="Gemma-3-270M: what each weight format costs (lowbit demo)",
     )
     wall = time.perf_counter() - t0
-    record_run(out, wall, len(result.ran), len(result.records))
+    record_run(out, wall, len(result.ran), len(result.records), embedding_note(embedding))
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     claims = "\n".join(check_claims(result.records)) + "\n"
     (out / "claims.md").write_text(claims, encoding="utf-8")

@@ -214,13 +214,30 @@ def _check_data(method: Method, calibration: Calibration | None,
 def _quantize_from_imatrix(model: nn.Module, plan: Mapping[str, Scheme], method: Method,
                            path: str | os.PathLike[str], report: QuantizeReport, strict: bool,
                            progress: bool) -> None:
-    """Quantize every planned Linear with its ``x2_mean`` read from the imatrix file."""
+    """Quantize every planned Linear with its ``x2_mean`` read from the imatrix file. A head
+    tied to the input embedding has no entry (llama-imatrix never records it, and
+    llama-quantize quantizes ``token_embd`` without one): it is quantized by plain ``rtn``."""
     from tqdm import tqdm
 
     from lowbit.calibration.imatrix import imatrix_fingerprint, imatrix_stats, load_imatrix
 
     imx = load_imatrix(path)
-    stats = imatrix_stats(model, plan, imx, source=f"imatrix {os.fspath(path)!r}")
+    tied = _tied_head(model)
+    weighted = [n for n in plan if n != tied]
+    stats = imatrix_stats(model, weighted, imx, source=f"imatrix {os.fspath(path)!r}")
     data = {"imatrix": imatrix_fingerprint(path, imx)}
     for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
-        _replace(model, name, plan[name], method, stats[name], report, strict, data)
+        if name == tied:
+            _replace(model, name, plan[name], get_method("rtn"), None, report, strict)
+        else:
+            _replace(model, name, plan[name], method, stats[name], report, strict, data)
+
+
+def _tied_head(model: nn.Module) -> str | None:
+    """The output head's module name when it is tied to the input embedding, else None."""
+    from lowbit.pipeline.embeddings import embedding_names
+
+    try:
+        return embedding_names(model)[1]
+    except ValueError:
+        return None

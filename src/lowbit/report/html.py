@@ -65,11 +65,11 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[tuple[Path, s
         body.append(f'<tr class="{cls}">{tds}</tr>')
     body.append("</tbody></table>")
     body.append("<p>bits/w: bits per weight of the linear layers (output head and embeddings "
-                "kept in fp16, not counted); size MB: all tensors as a lowbit checkpoint stores "
-                "them; KL: KL(baseline ‖ model) of the next-token distribution over the full "
-                "vocabulary, in nats, per scored token; top-1: share of tokens whose most likely "
-                "next token is the same for both models; same pick: share of questions answered "
-                "as the baseline answered.</p>")
+                "not counted, whether kept in fp16 or quantized); size MB: all tensors as a "
+                "lowbit checkpoint stores them; KL: KL(baseline ‖ model) of the next-token "
+                "distribution over the full vocabulary, in nats, per scored token; top-1: share "
+                "of tokens whose most likely next token is the same for both models; same pick: "
+                "share of questions answered as the baseline answered.</p>")
     if plots:
         body.append("<h2>Plots</h2>")
     for path, caption in plots:

@@ -71,20 +71,23 @@ def row_names(schemes: Sequence[str], *, baseline_rows: bool = True,
 
 
 def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path: Path,
-                    model: str) -> None:
+                    model: str, embedding: str | None = None) -> None:
     want = settings.to_dict()
     for rec in records:
-        if rec.get("settings") != want or rec.get("model") != model:
+        quantized = not rec.get("baseline") and rec.get("name") != BASELINE_LABEL
+        if rec.get("settings") != want or rec.get("model") != model or (
+                quantized and rec.get("embedding") != embedding):
             raise ValueError(
-                f"{path} holds results made with other settings or another model "
-                f"({rec.get('model')!r}, {rec.get('settings')}); use another output folder, "
+                f"{path} holds results made with other settings, another model or another "
+                f"embedding scheme ({rec.get('model')!r}, {rec.get('settings')}, embedding "
+                f"{rec.get('embedding')!r}); use another output folder, "
                 "or pass --force to start it afresh"
             )
 
 
 def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: Any = None,
-              method: str = DEFAULT_METHOD, calibration: Calibration | None = None
-              ) -> tuple[nn.Module, dict[str, Any] | None]:
+              method: str = DEFAULT_METHOD, calibration: Calibration | None = None,
+              embedding: str | None = None) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh copy of the baseline for row ``name``: quantized under ``scheme`` (default: the
     name) with ``method`` (with its layer table), or with only its kept tensors rounded to fp16
     (layer table computed later, against the baseline)."""
@@ -96,7 +99,7 @@ def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: Any =
         model.lowbit_keep_dtype = torch.float16
         return model, None
     report = quantize(model, scheme or name, method=method, calibration=calibration,
-                      progress=False, strict=strict)
+                      progress=False, strict=strict, embedding=embedding)
     return model, report.table()
 
 
@@ -118,6 +121,7 @@ def run_sweep(
     calibration: Calibration | MakeCalibration | None = None,
     budgets: Sequence[str] = (),
     candidates: Sequence[str] | None = None,
+    embedding: str | None = None,
 ) -> SweepOutput:
     """Sweep every (method, scheme) pair on ``model`` (a built-in name, folder or GGUF) into
     folder ``out``. Data-aware methods calibrate on ``calibration`` (a Calibration, or a
@@ -130,6 +134,8 @@ def run_sweep(
     scale-format range problem (:mod:`lowbit.core.range`) instead of recording it.
     ``budgets`` adds a budgeted plan per budget (:mod:`lowbit.report.budget_rows`) chosen
     among ``candidates`` (default: llama.cpp's types, ``budget.plan.GGML_CANDIDATES``).
+    ``embedding``: quantize the input embedding (and a head tied to it) of every quantized row
+    with this scheme (recorded in each row; default: kept in fp16 like the other kept tensors).
     """
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
@@ -143,13 +149,13 @@ def run_sweep(
             jsonl.unlink(missing_ok=True)
             shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
         records = read_records(jsonl, repair=True)
-        _check_settings(records, settings, jsonl, model)
+        _check_settings(records, settings, jsonl, model, embedding)
         done = {r["name"] for r in records}
         todo = [r for r in rows if r.name not in done]
         ran: list[str] = []
         if todo:
             ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                            records, strict, calibration, candidates)
+                            records, strict, calibration, candidates, embedding)
         records = read_records(jsonl)
         return _finish(model, names, records, out, keep_cache, title, ran, t0)
 
@@ -173,7 +179,8 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
               out: Path, cache_logits: bool, progress: bool,
               loaded: tuple[nn.Module, Any] | None, records: list[dict[str, Any]],
               strict: bool = False, calibration: Calibration | MakeCalibration | None = None,
-              candidates: Sequence[str] | None = None) -> list[str]:
+              candidates: Sequence[str] | None = None,
+              embedding: str | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="sweep", unit="row", disable=not progress)
@@ -199,7 +206,8 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         for row in todo:
             if any(r["name"] == row.name for r in read_records(jsonl)):
                 continue  # written meanwhile (an API caller without the lock): never twice
-            rec = _one_row(base, tok, ref, settings, row, strict, cal, step, plans)
+            rec = _one_row(base, tok, ref, settings, row, strict, cal, step, plans,
+                          embedding)
             rec["model"] = model_name
             if append_record(jsonl, rec):
                 records.append(rec)
@@ -226,7 +234,8 @@ def _plans(base: nn.Module, tok: Any, todo: list[Row], candidates: Sequence[str]
 
 def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: Row,
              strict: bool, cal: Calibration | None, step: Callable[..., None],
-             plans: dict[str, Any] | None = None) -> dict[str, Any]:
+             plans: dict[str, Any] | None = None, embedding: str | None = None
+             ) -> dict[str, Any]:
     """Make and evaluate one row; its record (with the method, and the calibration's
     fingerprint for a data-aware method)."""
     from lowbit.methods import get_method
@@ -242,13 +251,17 @@ def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: R
         plan, extras = plans[name] if row.budget else (row.scheme, None)
         model, layers = _make_row(base, name, strict, scheme=plan,
                                   method=row.method or DEFAULT_METHOD,
-                                  calibration=cal if aware else None)
+                                  calibration=cal if aware else None,
+                                  embedding=embedding if name != KEPT16_LABEL and not row.budget
+                                  else None)
         rec = evaluate(model, tok, ref, settings, name=name,
                        scheme=name if row.budget else row.scheme, layers=layers,
                        step=lambda s: step(s, name))
         if extras is not None:
             rec["plan"] = extras
         rec["baseline"] = name == KEPT16_LABEL
+        if embedding is not None and name != KEPT16_LABEL and not row.budget:
+            rec["embedding"] = embedding
         if row.method is not None:
             rec["method"] = row.method
         if aware:
