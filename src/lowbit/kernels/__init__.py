@@ -8,10 +8,11 @@ Pick per model or per layer::
     lowbit.kernels.layers(model)                                # what each layer chose and ran
 
 Add one: build a :class:`Kernel` in a new module and :func:`register` it; import that module
-here so it is registered with the package.
+here so it is registered with the package. Built in: ``reference`` (every scheme), ``cpu-int8``
+and ``cpu-int4`` (:mod:`lowbit.kernels.cpu`, PyTorch's packed CPU matmuls).
 """
 
-from lowbit.kernels import reference
+from lowbit.kernels import cpu, reference
 from lowbit.kernels.choice import (
     KernelChoice,
     LayerKernels,
@@ -36,7 +37,7 @@ from lowbit.kernels.registry import (
 )
 
 __all__ = [
-    "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "get",
+    "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "cpu", "get",
     "layers", "names", "quant_layers", "reference", "register", "reset_ran", "saved", "select",
     "tally", "unregister", "use", "using",
 ]
