@@ -213,8 +213,12 @@ def goal_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(rows: list[dict], threads: int, bw, seconds: float) -> str:
+def render(rows: list[dict], threads: int, bws: list[dict], seconds: float) -> str:
+    """The results file; ``bws`` the bandwidth record of each run its rows come from."""
     from lowbit.report.table import render_table
+
+    bw_text = "; ".join(f"copy {b['copy_gb_s']:.1f} GB/s, triad {b['triad_gb_s']:.1f} GB/s"
+                        for b in bws)
 
     return "\n".join([
         "# CPU speed: PyTorch, lowbit kernels and llama.cpp on the same weights", "",
@@ -222,9 +226,9 @@ def render(rows: list[dict], threads: int, bw, seconds: float) -> str:
         f"for every variant, each in a fresh process; prompt {PROMPT} random tokens, decode "
         f"{NEW} tokens at batch 1, median of {REPEATS} after a warm-up. The machine has 2 "
         "cores and was shared with other jobs while this ran, so figures are noisy: compare "
-        "rows of one run. Memory bandwidth (STREAM-style, same threads): copy "
-        f"{bw.copy_gb_s:.1f} GB/s, triad {bw.triad_gb_s:.1f} GB/s; roofline = "
-        f"{bw.gb_s:.1f} GB/s / weight bytes read per token. synthetic-llama-1b has random "
+        "rows of one model. Memory bandwidth (STREAM-style, same threads, measured at the "
+        f"start of each run): {bw_text}; roofline = the larger of copy and triad / weight "
+        "bytes read per token. synthetic-llama-1b has random "
         "weights: a speed model, never a quality one. lowbit rows are round-to-nearest; "
         "nf4 has no fast CPU kernel and runs the reference path (dequantize, then matmul); "
         "it is left out on the 1B model, where that takes minutes.", "",
@@ -237,6 +241,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--merge", help="render OUT from these comma-separated .json stores of "
+                                   "earlier runs (no measuring)")
     p.add_argument("--append", action="store_true",
                    help="keep the rows of the previous run (OUT's .json) for other models")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -248,6 +254,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.merge:
+        return merge(args.merge.split(","), args.out, args.threads)
     import torch
 
     from lowbit.eval.bench import measure_bandwidth
@@ -269,8 +277,23 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             write_text_atomic(store, json.dumps({"rows": rows, "seconds": seconds,
                                                  "bandwidth": bw.to_dict()}, indent=1))
-            write_text_atomic(args.out, render(rows, args.threads, bw, seconds))
-    print(render(rows, args.threads, bw, time.perf_counter() - t0))
+            write_text_atomic(args.out, render(rows, args.threads, [bw.to_dict()], seconds))
+    print(render(rows, args.threads, [bw.to_dict()], time.perf_counter() - t0))
+
+
+def merge(stores: list[str], out: Path, threads: int) -> None:
+    """One results file from the stores of runs made separately (e.g. one per model)."""
+    from lowbit.storage.atomic import write_text_atomic
+
+    loaded = [json.loads(Path(p).read_text()) for p in stores]
+    rows = [r for s in loaded for r in s["rows"]]
+    text = render(rows, threads, [s["bandwidth"] for s in loaded],
+                  sum(s["seconds"] for s in loaded))
+    write_text_atomic(out, text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(
+        {"rows": rows, "seconds": sum(s["seconds"] for s in loaded),
+         "bandwidth": loaded[0]["bandwidth"], "runs": loaded}, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":
