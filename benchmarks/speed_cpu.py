@@ -243,6 +243,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--merge", help="render OUT from these comma-separated .json stores of "
                                    "earlier runs (no measuring)")
+    p.add_argument("--note", default="", help="with --merge: a sentence on how the runs ran")
     p.add_argument("--append", action="store_true",
                    help="keep the rows of the previous run (OUT's .json) for other models")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -255,7 +256,7 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.merge:
-        return merge(args.merge.split(","), args.out, args.threads)
+        return merge(args.merge.split(","), args.out, args.threads, args.note)
     import torch
 
     from lowbit.eval.bench import measure_bandwidth
@@ -281,7 +282,7 @@ def main() -> None:
     print(render(rows, args.threads, [bw.to_dict()], time.perf_counter() - t0))
 
 
-def merge(stores: list[str], out: Path, threads: int) -> None:
+def merge(stores: list[str], out: Path, threads: int, note: str = "") -> None:
     """One results file from the stores of runs made separately (e.g. one per model)."""
     from lowbit.storage.atomic import write_text_atomic
 
@@ -289,6 +290,9 @@ def merge(stores: list[str], out: Path, threads: int) -> None:
     rows = [r for s in loaded for r in s["rows"]]
     text = render(rows, threads, [s["bandwidth"] for s in loaded],
                   sum(s["seconds"] for s in loaded))
+    head, rest = text.split("\n\n", 1)
+    text = (f"{head}\n\nMerged from {len(loaded)} runs of the script (`--merge`). {note}"
+            f"\n\n{rest}")
     write_text_atomic(out, text)
     write_text_atomic(out.with_suffix(".json"), json.dumps(
         {"rows": rows, "seconds": sum(s["seconds"] for s in loaded),
