@@ -1,11 +1,13 @@
 """CPU fast paths: PyTorch's packed int8 and int4 weight-only matmuls, with bf16 activations.
 
-Measured on this project's 2-core machine, one 4096x4096 layer, one thread (``lowbit bench``
-and ``benchmarks/speed_cpu.py`` measure whole models):
+Chosen by timing candidates on one 4096x4096 layer, one thread, on this project's 2-core
+machine (``lowbit bench`` and ``benchmarks/speed_cpu.py`` measure whole models):
 
 * ``cpu-int8``: ``torch.ops.aten._weight_int8pack_mm`` (int8 weights, one scale per output
-  channel). With bf16 activations it decodes at about 2.5x fp32 ``F.linear``; with fp32
-  activations it is several times slower than fp32, so activations are cast to bf16.
+  channel). With bf16 activations it was faster than fp32 ``F.linear`` at batch 1; with fp32
+  activations it was slower than fp32, so activations are cast to bf16. (fbgemm's dynamic
+  int8 linear was faster still, but it quantizes the activations too: a W8A8 scheme's kernel,
+  not a weight-only one.) At prefill sizes both packed ops were slower than fp32 there.
 * ``cpu-int4``: ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (4-bit codes ``q`` in 0..15,
   groups of 32/64/128/256 along the input, ``w = (q - 8) * scale + zero`` with ``scale`` and
   ``zero`` per group, both bf16). lowbit's schemes map onto it exactly: a symmetric int4 code
