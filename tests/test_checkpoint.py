@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit import kernels
 from lowbit.storage import checkpoint
 from lowbit.storage.checkpoint import META_FILE
 
@@ -171,7 +172,7 @@ def test_version_1_checkpoint_loads_bit_identically() -> None:
     for name, q in layers.items():
         digest = hashlib.sha256(q.qweight.dequantize().contiguous().numpy().tobytes()).hexdigest()
         assert digest == expected["weights_sha256"][name], name
-    with torch.no_grad():
+    with torch.no_grad(), kernels.using(model, "reference"):  # the path the logits came from
         logits = model(torch.tensor(expected["ids"])).logits
     assert np.array_equal(logits.numpy(), np.load(FIXTURES / "checkpoint_v1_logits.npy"))
     assert tok.decode(expected["ids"][0][1:]) == "Hello there"

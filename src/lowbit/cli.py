@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(handler=_cmd_schemes)
 
+    from lowbit.commands import bench as bench_commands
     from lowbit.commands import cache as cache_commands
     from lowbit.commands import evaluate as eval_commands
     from lowbit.commands import explain as explain_commands
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     imatrix_commands.add_parsers(sub)
     cache_commands.add_parsers(sub)
     explain_commands.add_parsers(sub)
+    bench_commands.add_parsers(sub)
 
     from lowbit.commands.demo import add_arguments as add_demo_arguments
 

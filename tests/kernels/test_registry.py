@@ -36,6 +36,20 @@ def int8_linear(x, qweight, bias, layout, options):
     return y.to(x.dtype)
 
 
+@pytest.fixture(autouse=True)
+def no_builtin_fast_kernels():
+    """These tests register kernels of their own: the built-in fast kernels (``cpu-int8``, ...)
+    step aside during each test and are registered again after it."""
+    builtin = [kernels.get(n) for n in kernels.names() if n != kernels.REFERENCE]
+    for k in builtin:
+        kernels.unregister(k.name)
+    try:
+        yield
+    finally:
+        for k in builtin:
+            kernels.register(k, replace=True)
+
+
 @pytest.fixture
 def int8_kernel():
     """A kernel for int8-sym-channel on the CPU with bfloat16 activations only, registered for

@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from lowbit import kernels
 from lowbit.data import choice_path, load_questions
 from lowbit.eval import choice as choice_mod
 from lowbit.eval.perplexity import token_nll, tokenizer_adds_bos
@@ -91,6 +92,7 @@ def test_sweep_figures_agree_with_the_plain_path(tiny_llama, data_dir, fast_sett
     rec = read_records(tmp_path / "s" / "results.jsonl")[0]
     quant = copy.deepcopy(model)
     quantize(quant, SCHEME, progress=False)
+    kernels.use(quant, "reference")  # the kernel the sweep's quality passes run (eval/suite.py)
     (kl, same, nb, nq, margin), eps = _slow_texts(model, quant, tok, fast_settings)
     assert eps <= EPS_BOUND
     tol = 4 * eps + 1e-12  # 1e-12: float64 rounding of the sums themselves

@@ -56,9 +56,9 @@ def test_eval_json_record_matches_the_documented_schema(tiny_hf_dir, data_dir, t
     assert len(layers) == 14 and all(0 < v["rel_error"] < 0.5 for v in layers.values())
     assert rec["artifact"] is False
     # perplexity/KL ran every layer through the reference kernel with its weight cached; the
-    # speed run through the layers as chosen (the default: dequantize at every call)
+    # speed run through the layers as chosen (automatic: the CPU int4 kernel)
     assert rec["kernels"] == {"reference(cache_weight=True)": 14}
-    assert rec["speed"]["kernels"] == {"reference": 14}
+    assert rec["speed"]["kernels"] == {"cpu-int4": 14}
 
 
 def test_eval_missing_text_says_where_it_looked(data_dir, capsys):

@@ -2,7 +2,9 @@
 
 Prefill: one forward over a prompt of ``prompt_tokens`` tokens. Decode: greedy generation of
 ``new_tokens`` tokens one at a time with the KV cache (``past_key_values``) after that prefill;
-only the decode steps are timed. Prompts are seeded random token ids (speed does not depend on
+only the decode steps are timed. ``batch`` sequences run side by side (decode tokens/s counts
+all of them). Time to first token is the median prefill time (the first token's logits).
+Prompts are seeded random token ids (speed does not depend on
 which tokens they are). On CUDA the device is synchronised around every timed region. The
 model's quantized layers run the kernels they have chosen (``lowbit.kernels``); the result
 says which ran.
@@ -34,6 +36,12 @@ class SpeedResult:
     device: str
     threads: int
     kernels: dict[str, int] = field(default_factory=dict)  # kernel label -> layers that ran it
+    batch: int = 1
+
+    @property
+    def ttft_seconds(self) -> float:
+        """Time to first token: one prefill of the prompt."""
+        return self.prefill_seconds
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON fields: the ones above."""
@@ -77,12 +85,14 @@ def measure_speed(
     warmup: int = 1,
     vocab_size: int | None = None,
     seed: int = 0,
+    batch: int = 1,
 ) -> SpeedResult:
-    """Median prefill and decode tokens/s over ``repeats`` runs, after ``warmup`` untimed runs."""
-    if prompt_tokens < 1 or new_tokens < 1 or repeats < 1 or warmup < 0:
+    """Median prefill and decode tokens/s over ``repeats`` runs, after ``warmup`` untimed runs;
+    ``batch`` sequences at a time."""
+    if prompt_tokens < 1 or new_tokens < 1 or repeats < 1 or warmup < 0 or batch < 1:
         raise ValueError(
-            "measure_speed: prompt_tokens, new_tokens and repeats must be >= 1 and warmup >= 0, "
-            f"got {prompt_tokens}, {new_tokens}, {repeats}, {warmup}"
+            "measure_speed: prompt_tokens, new_tokens, repeats and batch must be >= 1 and "
+            f"warmup >= 0, got {prompt_tokens}, {new_tokens}, {repeats}, {batch}, {warmup}"
         )
     from lowbit import kernels
 
@@ -90,7 +100,7 @@ def measure_speed(
     kernels.reset_ran(model)
     vocab = vocab_size if vocab_size is not None else _vocab_size(model)
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, prompt_tokens), generator=gen).to(device)
+    ids = torch.randint(0, vocab, (batch, prompt_tokens), generator=gen).to(device)
     prefill, decode = [], []
     for k in range(warmup + repeats):
         _sync(device)
@@ -104,8 +114,8 @@ def measure_speed(
             decode.append(t_decode)
     tp, td = statistics.median(prefill), statistics.median(decode)
     return SpeedResult(
-        prefill_tokens_per_s=prompt_tokens / tp,
-        decode_tokens_per_s=new_tokens / td,
+        prefill_tokens_per_s=batch * prompt_tokens / tp,
+        decode_tokens_per_s=batch * new_tokens / td,
         prefill_seconds=tp,
         decode_seconds=td,
         prompt_tokens=prompt_tokens,
@@ -114,4 +124,5 @@ def measure_speed(
         device=str(device),
         threads=torch.get_num_threads(),
         kernels=kernels.tally(model),
+        batch=batch,
     )

@@ -33,13 +33,18 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def evaluation_kernels(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block every QuantLinear of ``model`` runs its chosen kernel, and wherever that
-    is the reference kernel it keeps its dequantized weight (``cache_weight``: one float weight
-    per layer in memory, instead of dequantizing at every forward of every window). Each layer's
-    previous kernel choice is put back afterwards, which frees those weights."""
+    """Within the block every QuantLinear of ``model`` that chooses its kernel automatically runs
+    the reference kernel with its dequantized weight kept (``cache_weight``: one float weight per
+    layer in memory), so perplexity and KL measure the scheme's own numbers, not a fast kernel's
+    bf16 rounding (``tests/kernels/test_cpu.py`` bounds that); a layer pinned to a kernel keeps
+    it. The speed pass runs outside the block, through the kernels the layers choose. Each
+    layer's previous choice is put back afterwards, which frees those weights."""
     with kernels.saved(model):
-        if kernels.quant_layers(model):
-            kernels.configure(model, kernels.REFERENCE, cache_weight=True)
+        for layer in kernels.quant_layers(model).values():
+            choice = layer.kernel_choice.with_options(kernels.REFERENCE, cache_weight=True)
+            if choice.kernel is None:
+                choice = kernels.KernelChoice(kernels.REFERENCE, choice.options)
+            layer.kernel_choice = choice
         yield model
 
 

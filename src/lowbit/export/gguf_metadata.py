@@ -111,6 +111,8 @@ def template_gguf(source: dict | None) -> Iterator[Path | None]:
                 log.warning("%s: the GGUF now shipped (%s) differs from the one the model was "
                             "converted from; copying its metadata anyway", source["name"], path)
             yield path
+    elif kind == "hf" and (Path(source["path"]) / "template.gguf").is_file():
+        yield Path(source["path"]) / "template.gguf"  # a synthetic model (models/synthetic.py)
     else:
         yield None
 

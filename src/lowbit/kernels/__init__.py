@@ -8,11 +8,13 @@ Pick per model or per layer::
     lowbit.kernels.layers(model)                                # what each layer chose and ran
 
 Add one: build a :class:`Kernel` in a new module and :func:`register` it; import that module
-here so it is registered with the package. ``triton_linear`` registers the ``triton`` kernel
-(CUDA) when triton is installed, without importing it.
+here so it is registered with the package. Built in: ``reference`` (every scheme), ``cpu-int8``
+and ``cpu-int4`` (:mod:`lowbit.kernels.cpu`, PyTorch's packed CPU matmuls), and ``triton``
+(:mod:`lowbit.kernels.triton_linear`: CUDA, registered when triton is installed, without
+importing it).
 """
 
-from lowbit.kernels import reference, triton_linear
+from lowbit.kernels import cpu, reference, triton_linear
 from lowbit.kernels.choice import (
     KernelChoice,
     LayerKernels,
@@ -37,7 +39,7 @@ from lowbit.kernels.registry import (
 )
 
 __all__ = [
-    "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "get",
+    "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "cpu", "get",
     "layers", "names", "quant_layers", "reference", "register", "reset_ran", "saved", "select",
     "tally", "triton_linear", "unregister", "use", "using",
 ]

@@ -13,10 +13,13 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def accepted_sources() -> str:
+    from lowbit.models.synthetic import SYNTHETIC  # imports this module: import here
+
     names = ", ".join(sorted(BUILTINS))
     return (
         "a Hugging Face folder (config.json + *.safetensors + tokenizer files), "
-        f"a .gguf file, or a built-in name ({names})"
+        f"a .gguf file, a built-in name ({names}), or a speed-only model with random weights "
+        f"({', '.join(sorted(SYNTHETIC))})"
     )
 
 

@@ -12,6 +12,7 @@ from lowbit.models.builtins import BUILTINS
 from lowbit.models.conversion import MARKER, ensure_builtin
 from lowbit.models.folders import accepted_sources, hf_weight_files, is_gguf
 from lowbit.models.hashing import combined_sha256, sha256_file
+from lowbit.models.synthetic import SYNTHETIC, ensure_synthetic
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Find `source` on disk and hash its weights; a built-in is converted first if needed."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"model source must be a str or path, got {type(source).__name__}")
+    if isinstance(source, str) and source in SYNTHETIC:  # a generated HF folder, no GGUF behind
+        folder = ensure_synthetic(source)
+        files = hf_weight_files(folder)
+        return ResolvedSource(source, "hf", folder, files, combined_sha256(files))
     if isinstance(source, str) and source in BUILTINS:
         folder = ensure_builtin(source)
         files = hf_weight_files(folder)
