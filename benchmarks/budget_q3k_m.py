@@ -63,17 +63,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     import lowbit
-    from budget_vs_llamacpp import calibration
     from lowbit.budget.plan import GGML_CANDIDATES, budget_plan
     from lowbit.budget.proxy import measure_proxy
-    from lowbit.budget.sensitivity import _cache_file
-    from lowbit.commands.budget import SENSITIVITY_LENGTH, SENSITIVITY_WINDOWS
+    from lowbit.budget.sensitivity import LENGTH, WINDOWS, _cache_file, default_calibration
     from lowbit.eval.layers import model_size
     from lowbit.models import load_model
     from lowbit.pipeline.presets import preset_plan
 
     model, tok = load_model(MODEL)
-    cal = calibration(tok, SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH)
+    cal = default_calibration(tok)
     sens = measure_proxy(model, cal, list(GGML_CANDIDATES))
     theirs = preset_plan(model, args.preset)
     copy, _ = load_model(MODEL)
@@ -92,7 +90,7 @@ def main() -> None:
         f"# Budget vs llama.cpp's {args.preset.upper()} on SmolLM2: where the bits go", "",
         f"Produced by `benchmarks/budget_q3k_m.py --preset {args.preset}`. Both plans hold "
         f"exactly {target} bytes of tensors (lowbit's plan {ours.details['predicted_bytes']}). "
-        f"Proxy sensitivity on {SENSITIVITY_WINDOWS} windows of {SENSITIVITY_LENGTH} "
+        f"Proxy sensitivity on {WINDOWS} windows of {LENGTH} "
         "calibration tokens. Rows of 576 columns are not whole 256-blocks, so llama.cpp (and "
         "lowbit, as its fallback) stores q2_k/q3_k as q4_0, q4_k as q5_0, q5_k as q5_1 and q6_k "
         "as q8_0 there; only `mlp.down_proj` (1536 columns) can hold K-quants.", "",

@@ -80,11 +80,11 @@ def calibration(tok, windows: int, length: int):
 
 def measure(name: str, kind: str, candidates: list[str]):
     """Sensitivity of the float model (proxy or measured KL) on the CLI's default windows."""
-    from lowbit.commands.budget import SENSITIVITY_LENGTH, SENSITIVITY_WINDOWS
+    from lowbit.budget.sensitivity import default_calibration
     from lowbit.models import load_model
 
     model, tok = load_model(name)
-    cal = calibration(tok, SENSITIVITY_WINDOWS, SENSITIVITY_LENGTH)
+    cal = default_calibration(tok)
     t0 = time.perf_counter()
     if kind == "proxy":
         from lowbit.budget.proxy import measure_proxy
