@@ -11,7 +11,8 @@ SCHEMES = ["int4-sym-g32", "int2-asym-g32"]
 
 
 def test_ranks_from_cache():
-    stored = {"a": {"s": {"kl": 0.5, "nbytes": 1}, "t": {"kl": 0.1, "nbytes": 1}},
+    stored = {"a": {"s": {"kl": 0.5, "nbytes": 1}, "t": {"kl": 0.1, "nbytes": 1},
+                    "u": {"proxy": 0.4, "nbytes": 1}},  # placed by the proxy: not ranked
               "b": {"s": {"kl": 0.9, "nbytes": 1}},
               "c": {"s": {"kl": 0.2, "nbytes": 1}, "t": {"kl": 0.3, "nbytes": 1}}}
     ranks = {r.scheme: (r.rank, r.units, r.kl) for r in ranks_from_cache(stored, "a")}
@@ -29,7 +30,7 @@ def test_rank_comes_from_the_budgets_cache(tiny_hf_dir, lowbit_cache):
     ranks, note = cached_ranks(tiny_hf_dir, name, calibration=cal)
     assert ranks == [] and "no cached measurement" in note
     model, _ = load_model(tiny_hf_dir)
-    sens = measure_sensitivity(model, cal, SCHEMES, progress=False)
+    sens = measure_sensitivity(model, cal, SCHEMES, progress=False, anchors=None)
     ranks, note = cached_ranks(tiny_hf_dir, name, calibration=cal)
     assert "budget's cache" in note and [r.scheme for r in ranks] == SCHEMES
     unit = "model.layers.0.mlp.down_proj"

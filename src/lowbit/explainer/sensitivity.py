@@ -23,11 +23,14 @@ class SensitivityRank:
 
 
 def ranks_from_cache(stored: dict[str, dict[str, Any]], unit: str) -> list[SensitivityRank]:
-    """Every scheme ``unit`` was measured under in a sensitivity cache's contents, ranked."""
+    """Every scheme ``unit`` was measured under in a sensitivity cache's contents, ranked among
+    the units measured under it (entries the proxy placed, without a ``kl``, are left out)."""
     out = []
     for scheme, hit in stored.get(unit, {}).items():
-        kls = sorted((float(v[scheme]["kl"]) for v in stored.values() if scheme in v),
-                     reverse=True)
+        if "kl" not in hit:
+            continue
+        kls = sorted((float(v[scheme]["kl"]) for v in stored.values()
+                      if "kl" in v.get(scheme, {})), reverse=True)
         out.append(SensitivityRank(scheme, unit, kls.index(float(hit["kl"])) + 1, len(kls),
                                    float(hit["kl"])))
     return out
@@ -47,10 +50,9 @@ def cached_ranks(model: str | os.PathLike, tensor: str, calibration: Any = None
                     "the float model it was made from")
     float_model, tokenizer = load_model(model)
     if calibration is None:
-        from lowbit.calibration import Calibration
-        from lowbit.data import DEFAULT_CALIBRATION_TEXT
+        from lowbit.budget.sensitivity import default_calibration
 
-        calibration = Calibration.from_texts(tokenizer, [DEFAULT_CALIBRATION_TEXT])
+        calibration = default_calibration(tokenizer)
     layer = tensor.removesuffix(".weight")
     unit = next((u for u, mods in sensitivity_units(float_model).items() if layer in mods),
                 None)
