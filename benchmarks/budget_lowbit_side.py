@@ -89,9 +89,10 @@ class LowbitSide:
 
 
 def run_any_variant(name: str, windows, sens_ggml, sens_any, presets: list[str],
-                    uniform: list[str], on_row=None) -> list[dict]:
-    """Uniform schemes, presets and budgeted plans (ggml-only, any) scored by lowbit;
-    ``on_row(rows)`` after each row (to store them as they come)."""
+                    uniform: list[str], on_row=None, sensitivity: str = "kl") -> list[dict]:
+    """Uniform schemes, presets and budgeted plans (ggml-only, any; planned from the
+    ``sensitivity`` kind) scored by lowbit; ``on_row(rows)`` after each row (to store them as
+    they come)."""
     from tqdm import tqdm
 
     from lowbit.budget.plan import budget_plan
@@ -118,7 +119,8 @@ def run_any_variant(name: str, windows, sens_ggml, sens_any, presets: list[str],
         for kind, sens in (("budget ggml", sens_ggml), ("budget any", sens_any)):
             plan = budget_plan(side.base, sens, target_bytes=target)
             used = sorted({str(s) for s in plan.layers.values()} | {str(plan.embedding)})
-            add(kind, f"lowbit {kind}", preset, plan, "schemes used: " + ", ".join(used))
+            add(kind, f"lowbit {kind} ({sensitivity} sensitivity)", preset, plan,
+                "schemes used: " + ", ".join(used))
         fits = [r for r in rows if r["kind"] == "uniform" and r["bytes"] <= target * 1.01]
         if fits:
             best = min(fits, key=lambda r: r["kl"])

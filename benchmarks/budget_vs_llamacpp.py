@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--sensitivity", nargs="+", choices=["proxy", "kl"], default=["proxy"],
                     help="sensitivities to plan SmolLM2's ggml variant from (a row each; "
                          "Gemma and the any-scheme variant: proxy)")
+    ap.add_argument("--any-sensitivity", choices=["proxy", "kl"], default="kl",
+                    help="sensitivity the any-scheme variant plans from (over every candidate)")
     ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"])
@@ -215,10 +217,13 @@ def main() -> None:
     for name in [] if args.render_only else args.models:
         any_part = "any" in args.parts and name == "smollm2-135m"
         kinds = args.sensitivity if name == "smollm2-135m" else ["proxy"]
+        if any_part and args.any_sensitivity not in kinds:
+            kinds = [*kinds, args.any_sensitivity]
         facts, sens = {}, {}
         for kind in kinds:
-            # the any-scheme variant plans from the proxy over every candidate
-            cands = ANY_CANDIDATES if any_part and kind == "proxy" else GGML_CANDIDATES
+            # the any-scheme variant's sensitivity is measured over every candidate
+            cands = (ANY_CANDIDATES if any_part and kind == args.any_sensitivity
+                     else GGML_CANDIDATES)
             sens[kind], secs = measure(name, kind, list(cands))
             facts[f"{name} {kind} sensitivity"] = f"over {', '.join(cands)}, {secs:.0f} s"
         ggml_sens = {k: only_ggml(v) for k, v in sens.items()}
@@ -236,9 +241,9 @@ def main() -> None:
             def store(got: list[dict], facts=facts, name=name) -> tuple[list[dict], dict]:
                 return merge(got, facts, [name], ["any"], args.presets)
 
-            allrows, info = store(run_any_variant(name, windows, ggml_sens["proxy"],
-                                                  sens["proxy"], args.presets, args.uniform,
-                                                  store))
+            k = args.any_sensitivity
+            allrows, info = store(run_any_variant(name, windows, ggml_sens[k], sens[k],
+                                                  args.presets, args.uniform, store, k))
     plot = write_plot(allrows, RESULTS / "budget.png")
     text = render(allrows, info, TEXT, plot.name)
     write_text_atomic(RESULTS / "budget.md", text)
