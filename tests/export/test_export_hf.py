@@ -243,3 +243,11 @@ def test_pre_tokenizers_are_named_as_llamacpp_splits(pre, tmp_path, lowbit_cache
     sample = text + " 1234567 3.14159 $1,000,000 in 2015-2016"
     with llamacpp.LlamaCpp(out, n_ctx=64, threads=1) as llm:
         assert llm.tokenize(sample) == tok(sample)["input_ids"]
+
+
+def test_a_missing_source_is_named_as_missing(tmp_path) -> None:
+    """A path that is nothing at all is reported as missing, not as a float model."""
+    from lowbit.export import to_gguf
+
+    with pytest.raises(FileNotFoundError, match="no lowbit checkpoint, model folder"):
+        to_gguf(tmp_path / "nothere", tmp_path / "x.gguf")

@@ -157,8 +157,12 @@ def _load_source(source: str | os.PathLike, preset: str | None, requantize: bool
                              f"(qtype / --type: one of {', '.join(PRESETS)})")
         model, _ = load(source, verify=verify)
         return model, _KEEP_TYPES[getattr(model, "lowbit_keep_dtype", torch.float16)]
-    from lowbit.models import load_model
+    from lowbit.models import BUILTINS, load_model
+    from lowbit.models.synthetic import SYNTHETIC
 
+    if not os.path.exists(source) and str(source) not in {*BUILTINS, *SYNTHETIC}:
+        raise FileNotFoundError(f"{source}: no lowbit checkpoint, model folder, GGUF file or "
+                                "built-in model of that name")
     if preset is None:
         raise ValueError(f"{source} is a float model: give the GGUF type to quantize it to "
                          f"(qtype / --type: one of {', '.join(PRESETS)})")
