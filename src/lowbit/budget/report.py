@@ -7,13 +7,11 @@ the plan's choice is marked in the table. matplotlib is imported inside the plot
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from lowbit.budget.units import Sensitivity
-from lowbit.storage.atomic import write_text_atomic
-from lowbit.storage.partials import temp_sibling
+from lowbit.storage.atomic import atomic_path, write_text_atomic
 
 
 def _schemes(sens: Sensitivity) -> list[str]:
@@ -61,13 +59,11 @@ def plot_sensitivity(sens: Sensitivity, path: str | Path) -> Path:
     ax.set_title("sensitivity: one tensor quantized at a time", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    tmp = temp_sibling(path)
     try:
-        fig.savefig(tmp, dpi=90, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
