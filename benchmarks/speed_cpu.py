@@ -224,9 +224,9 @@ def render(rows: list[dict], threads: int, bws: list[dict], seconds: float) -> s
         "# CPU speed: PyTorch, lowbit kernels and llama.cpp on the same weights", "",
         f"Produced by `benchmarks/speed_cpu.py` in {seconds / 60:.0f} min. {threads} thread(s) "
         f"for every variant, each in a fresh process; prompt {PROMPT} random tokens, decode "
-        f"{NEW} tokens at batch 1, median of {REPEATS} after a warm-up. The machine has 2 "
-        "cores and was shared with other jobs while this ran, so figures are noisy: compare "
-        "rows of one model. Memory bandwidth (STREAM-style, same threads, measured at the "
+        f"{NEW} tokens at batch 1, median of {REPEATS} after a warm-up. One run on a 2-core "
+        "machine: figures are noisy, compare rows of one model. Memory bandwidth "
+        "(STREAM-style, same threads, measured at the "
         f"start of each run): {bw_text}; roofline = the larger of copy and triad / weight "
         "bytes read per token. synthetic-llama-1b has random "
         "weights: a speed model, never a quality one. lowbit rows are round-to-nearest; "

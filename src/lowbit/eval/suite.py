@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lowbit import kernels
+from lowbit.core.module_tree import is_output_head
 from lowbit.eval.artifact import on_grid_tensors
 from lowbit.eval.choice import choice_accuracy
 from lowbit.eval.divergence import divergence
@@ -134,9 +135,12 @@ def evaluate(
 
 def _sizes(model: nn.Module, layers: dict[str, dict[str, Any]], disk_bytes: int | None,
            is_baseline: bool) -> dict[str, Any]:
-    """Bits per weight, bytes (linear layers, disk, memory) and weight error of the record."""
-    params = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
-    qbytes = sum(v["nbytes"] for v in layers.values())
+    """Bits per weight, bytes (linear layers, disk, memory) and weight error of the record.
+    The Linear-only figures leave out the output head, quantized or not (a head tied to a
+    quantized embedding is counted in the whole-model figures)."""
+    linear = [v for n, v in layers.items() if not is_output_head(n)]
+    params = sum(v["shape"][0] * v["shape"][1] for v in linear)
+    qbytes = sum(v["nbytes"] for v in linear)
     errs = [v["rel_error"] for v in layers.values() if v.get("rel_error") is not None]
     exact = sorted(n for n, v in layers.items() if v.get("exact"))
     grid = on_grid_tensors({n: v.get("rel_error") for n, v in layers.items()})
