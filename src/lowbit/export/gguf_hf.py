@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.export.gguf_metadata import ARCHITECTURES
 from lowbit.export.gguf_vocab import Vocab, read_vocab
 
 log = logging.getLogger(__name__)
 
-#: Hugging Face model_types exported from config.json + tokenizer.json, to their GGUF arch
-HF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                    "gemma3_text": "gemma3"}
+#: Hugging Face model_types exported from config.json + tokenizer.json, to their GGUF arch:
+#: the exporter's architectures less a multimodal Gemma-3 config (only from its GGUF template)
+HF_ARCHITECTURES = {k: v for k, v in ARCHITECTURES.items() if k != "gemma3"}
 GEMMA3_SWA_PATTERN = 6  # llama.cpp's gemma3: every sixth layer attends globally
 
 

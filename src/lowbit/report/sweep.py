@@ -249,19 +249,19 @@ def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: R
         step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
         aware = row.method is not None and get_method(row.method).data_aware
         plan, extras = plans[name] if row.budget else (row.scheme, None)
+        # a budget's plan chooses its own embedding scheme; the fp16 row quantizes nothing
+        emb = None if name == KEPT16_LABEL or row.budget else embedding
         model, layers = _make_row(base, name, strict, scheme=plan,
                                   method=row.method or DEFAULT_METHOD,
-                                  calibration=cal if aware else None,
-                                  embedding=embedding if name != KEPT16_LABEL and not row.budget
-                                  else None)
+                                  calibration=cal if aware else None, embedding=emb)
         rec = evaluate(model, tok, ref, settings, name=name,
                        scheme=name if row.budget else row.scheme, layers=layers,
                        step=lambda s: step(s, name))
         if extras is not None:
             rec["plan"] = extras
         rec["baseline"] = name == KEPT16_LABEL
-        if embedding is not None and name != KEPT16_LABEL and not row.budget:
-            rec["embedding"] = embedding
+        if emb is not None:
+            rec["embedding"] = emb
         if row.method is not None:
             rec["method"] = row.method
         if aware:
