@@ -27,7 +27,7 @@ INT8 = ["int8-sym-channel", "int8-asym-channel", "int8-asym-channel-zpint", "int
         "int8-sym-channel-e8m0scale"]
 INT4 = ["int4-sym-g128", "int4-asym-g128", "int4-asym-g32-zpint", "int4-sym-channel",
         "int4-asym-g64", "int4-sym-g256", "int4-sym-g32-dq", "int4-sym-tensor"]
-REFERENCE_ONLY = ["nf4-g64", "int4-sym-g16", "int8-sym-g32", "int4-asym-g128-out16",
+REFERENCE_ONLY = ["nf4-g64-out16", "int4-asym-g16", "int8-sym-g32", "int4-asym-g128-out16",
                   "fp8-e4m3-channel", "int8-sym-channel-out1%"]
 
 pytestmark = pytest.mark.skipif(not all(cpu.available().values()),
@@ -123,11 +123,10 @@ def test_schemes_without_a_fast_path_keep_the_reference_and_say_so(scheme: str) 
 
 @pytest.mark.parametrize(("scheme", "shape"), [("int8-sym-channel", (32, 200)),
                                                ("int4-sym-g32", (24, 256))])
-def test_shapes_the_ops_cannot_take_keep_the_reference(scheme: str, shape: tuple[int, int]
-                                                       ) -> None:
+def test_shapes_the_ops_cannot_take_fall_back(scheme: str, shape: tuple[int, int]) -> None:
     m = layer(scheme, *shape)
     m(torch.randn(2, shape[1]))
-    assert set(m.kernels_ran) == {"reference"}
+    assert not set(m.kernels_ran) & {"cpu-int8", "cpu-int4"}  # reference, or cpu-lut4 for int4
 
 
 def test_the_layout_is_built_once_and_not_saved() -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CACHE_ENV = "LOWBIT_CACHE"
+from lowbit.storage.cache import CACHE_ENV, cache_root  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,6 @@ BUILTINS: dict[str, BuiltinModel] = {
         ),
     )
 }
-
-
-def cache_root() -> Path:
-    """lowbit's cache folder: $LOWBIT_CACHE, else ~/.cache/lowbit."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lowbit"
 
 
 def builtin_dir(name: str) -> Path:
