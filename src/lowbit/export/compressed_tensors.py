@@ -60,7 +60,9 @@ def to_compressed_tensors(source: str | os.PathLike, out: str | os.PathLike, *,
     with export_folder(out, force=force) as tmp:
         write_folder(tmp, folder, model.config, qconfig, tensors)
     out = Path(out)
-    formats = Counter({g["format"]: len(g["targets"]) for g in qconfig["config_groups"].values()})
+    formats: Counter[str] = Counter()
+    for g in qconfig["config_groups"].values():
+        formats[g["format"]] += len(g["targets"])
     return FolderReport(out, TARGET, str(source), [n for n in layers if n not in requantized],
                         requantized, dict(formats), folder_bytes(out), elapsed(t0))
 

@@ -9,12 +9,8 @@ from typing import Any
 
 import torch
 
-from lowbit.models.readers import (
-    is_compressed_tensors,
-    load_compressed_tensors,
-    load_gguf,
-    load_hf_folder,
-)
+from lowbit.models.ct_reader import is_compressed_tensors, load_compressed_tensors
+from lowbit.models.readers import load_gguf, load_hf_folder
 from lowbit.models.sources import resolve_source
 
 log = logging.getLogger(__name__)

@@ -30,42 +30,6 @@ def load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, A
     return model.eval(), tokenizer
 
 
-def is_compressed_tensors(folder: Path) -> bool:
-    """Whether `folder`'s config.json declares a compressed-tensors quantization."""
-    import json
-
-    path = folder / "config.json"
-    try:
-        qc = json.loads(path.read_text(encoding="utf-8")).get("quantization_config")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
-
-
-def load_compressed_tensors(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
-    """A compressed-tensors folder (llm-compressor's, or ``lowbit export --to
-    compressed-tensors``) as a float model: transformers with the compressed-tensors package
-    dequantizes every layer at load (``dequantize=True``), so lowbit measures the weights the
-    file holds. (transformers 5.24's default compressed route cannot load asymmetric
-    pack-quantized layers: see README, "compressed-tensors".)"""
-    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-
-    tokenizer = read_tokenizer(folder, required=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, use_safetensors=True,
-            trust_remote_code=False, quantization_config=CompressedTensorsConfig(dequantize=True))
-    except ImportError as err:
-        raise ImportError(f"{folder}: a compressed-tensors model needs the compressed-tensors "
-                          f"package ({err})") from None
-    except _PARSE_ERRORS as err:
-        raise ValueError(f"{folder}: cannot load the compressed-tensors model: {err}") from None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config  # the weights are plain floats now
-    model.hf_quantizer = None
-    return model.eval(), tokenizer
-
-
 def load_gguf(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     """Dequantize a GGUF into a plain float model (nn.Linear layers) with transformers, after
     checking the file's layout (:func:`lowbit.models.gguf_check.check_gguf`)."""
