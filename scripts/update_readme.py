@@ -26,7 +26,24 @@ def _demote(text: str) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", text, flags=re.M)
 
 
+def _generated() -> dict[str, str]:
+    """Result files written from the code itself before the README is filled."""
+    from lowbit.export import rules
+
+    table = ("# Export targets: which schemes each holds\n\n"
+             "From `lowbit.export.rules` (the rules the exporters apply; `lowbit export --list`, "
+             "and `--list --to T` for each reason). *lossless*: the codes and scales go out as "
+             "stored and the target's library reads back bit-exact weights; *requantize*: "
+             "`--requantize` writes the nearest scheme the target holds; *refused*: neither. "
+             "A writer also refuses a tensor whose rows are not whole groups, or an act-order "
+             "permutation the target cannot hold, naming the tensor.\n\n"
+             + rules.markdown_table() + "\n")
+    return {"benchmarks/results/export_rules.md": table}
+
+
 def main() -> None:
+    for rel, text in _generated().items():
+        write_text_atomic(ROOT / rel, text)
     readme = ROOT / "README.md"
     text = readme.read_text()
 

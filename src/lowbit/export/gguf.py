@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lowbit.export import gguf_metadata as meta
+from lowbit.export import rules
 from lowbit.export.gguf_imatrix import (
     add_imatrix_metadata,
     check_coverage,
@@ -211,7 +212,8 @@ def _plan(model: torch.nn.Module, arch: str, config: Any, header: Any, preset: s
             raise ValueError(f"{hf_name}: shape {got} but the source GGUF's {g} is {shape}")
         slot = TensorSlot(g, shape[-1], len(shape), meta.layer_index(g))
         if mod is not None and not requantize:
-            t = lossless_type(mod.scheme)
+            lossless = rules.support("gguf", mod.scheme)[0] == "lossless"
+            t = lossless_type(mod.scheme) if lossless else None
             # ggml has no column permutation: a permuted layer cannot go out as stored
             if t is None or shape[-1] % 32 or mod.qweight.perm is not None:
                 unmappable.append((hf_name, mod.scheme))

@@ -156,3 +156,12 @@ def lossless_schemes() -> str:
     return ", ".join(
         f"{fmt}-{'sym' if sym else 'asym'}-g32 ({t})" for (fmt, sym), t in LOSSLESS.items()
     ) + ", and every ggml type as a scheme (q8_0 ... q6_k, a llama.cpp preset plan)"
+
+
+def support(scheme: Scheme) -> tuple[str, str]:
+    """The GGUF target's rule for `lowbit.export.rules`: (status, reason)."""
+    t = lossless_type(scheme)
+    if t is not None:
+        return "lossless", f"{t} blocks (codes and fp16 scales as stored; no permutation)"
+    return "requantize", (f"no GGUF type stores {scheme} exactly; --requantize --type T writes "
+                          f"a llama.cpp type (nearest: {', '.join(nearest_types(scheme))})")

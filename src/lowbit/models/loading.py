@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lowbit.models.ct_reader import is_compressed_tensors, load_compressed_tensors
 from lowbit.models.readers import load_gguf, load_hf_folder
 from lowbit.models.sources import resolve_source
 
@@ -29,6 +30,8 @@ def load_model(
     resolved = resolve_source(source)
     if resolved.kind == "gguf":
         model, tokenizer = load_gguf(resolved.path, dtype)
+    elif is_compressed_tensors(resolved.path):
+        model, tokenizer = load_compressed_tensors(resolved.path, dtype)
     else:
         model, tokenizer = load_hf_folder(resolved.path, dtype)
     model.config.lowbit_source = resolved.to_dict()
