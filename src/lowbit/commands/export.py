@@ -5,8 +5,30 @@ from __future__ import annotations
 import argparse
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from lowbit.export.onnx import to_onnx
+
+    if args.type or args.imatrix:
+        raise SystemExit("lowbit export --to onnx: --type and --imatrix are GGUF options")
+    report = to_onnx(args.source, args.output, requantize=args.requantize, force=args.force,
+                     progress=True, verify=not args.no_verify)
+    ops = ", ".join(f"{n} {op}" for op, n in report.op_counts().items()) or "none (float)"
+    print(f"source           {report.source} ({report.arch})")
+    print(f"quantized        {len(report.layers)} Linears: {ops}")
+    if report.requantized:
+        print(f"requantized      {len(report.requantized)} Linears (--requantize)")
+    else:
+        print("lossless         every quantized Linear written from its codes")
+    print(f"folder           {report.path} ({report.file_bytes / 1e6:.1f} MB)")
+    print(f"time             {report.seconds:.1f} s")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from lowbit.export import to_gguf
+
+    if args.to == "onnx":
+        return cmd_export_onnx(args)
 
     report = to_gguf(args.source, args.output, qtype=args.type, requantize=args.requantize,
                      force=args.force, progress=True, verify=not args.no_verify,
@@ -30,16 +52,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.export.gguf_types import PRESETS
 
-    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (llama.cpp, Ollama)")
+    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (llama.cpp, "
+                                      "Ollama) or an ONNX decoder (ONNX Runtime)")
     p.add_argument("source", help="lowbit checkpoint folder, Hugging Face folder, .gguf file or "
                                   "built-in name")
-    p.add_argument("--to", default="gguf", choices=["gguf"], help="file format (default gguf)")
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--to", default="gguf", choices=["gguf", "onnx"],
+                   help="file format (default gguf); onnx writes a folder that ONNX Runtime and "
+                        "onnxruntime-genai run")
+    p.add_argument("-o", "--output", required=True, help="file (GGUF) or folder (ONNX) to write")
     p.add_argument("--type", default=None, metavar="T",
                    help=f"GGUF type or llama.cpp mix: {', '.join(PRESETS)}. Needed for a float "
                         "model; for a checkpoint it sets the type of its float tensors")
     p.add_argument("--requantize", action="store_true",
-                   help="requantize a checkpoint whose scheme is no GGUF type (needs --type)")
+                   help="requantize a checkpoint whose scheme the target cannot hold (GGUF: needs "
+                        "--type; ONNX: to an int4/int8 scheme with integer zero points)")
     p.add_argument("--imatrix", metavar="FILE",
                    help="importance matrix (llama-imatrix or `lowbit imatrix`, GGUF or .dat): "
                         "quantize each tensor with it, as llama-quantize --imatrix")

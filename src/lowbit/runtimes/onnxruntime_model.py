@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+
+CACHE_ROOM = 1024  # positions a cache started by ``forward(use_cache=True)`` has room for
 
 
 def is_onnx_folder(path: str | os.PathLike) -> bool:
@@ -52,6 +55,7 @@ class OrtDecoder(torch.nn.Module):
         self.past = [(i.name, i.shape[1]) for i in self.session.get_inputs()
                      if i.name.startswith("past_key_values")]
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self.config = SimpleNamespace(vocab_size=self.vocab_size, onnx_folder=str(self.folder))
         self.eval()
 
     def _empty_cache(self, capacity: int) -> dict[str, np.ndarray]:
@@ -71,13 +75,23 @@ class OrtDecoder(torch.nn.Module):
         out = self.session.run(names, feeds)
         return out[0], {n: v for (n, _), v in zip(self.past, out[1:])}
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, *, use_cache: bool = False,
+                past_key_values: tuple[dict[str, np.ndarray], int] | None = None) -> Any:
+        """Logits [1, n, V]; with ``use_cache`` (as a transformers model is called, e.g. by
+        :func:`lowbit.eval.speed.measure_speed`) an object with ``logits`` and
+        ``past_key_values`` (the cache buffers and the positions they hold)."""
         if input_ids.ndim != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"OrtDecoder takes one sequence [1, n], got "
                              f"{tuple(input_ids.shape)}")
         n = input_ids.shape[1]
-        logits, _ = self.step(input_ids.cpu().numpy(), self._empty_cache(n), n)
-        return torch.from_numpy(logits)
+        past, held = past_key_values or (self._empty_cache(n + CACHE_ROOM if use_cache else n), 0)
+        if held + n > next(iter(past.values())).shape[2] if past else False:
+            raise ValueError(f"OrtDecoder: the KV cache holds {CACHE_ROOM} new positions")
+        logits, past = self.step(input_ids.cpu().numpy(), past, held + n)
+        logits = torch.from_numpy(logits)
+        if not use_cache:
+            return logits
+        return SimpleNamespace(logits=logits, past_key_values=(past, held + n))
 
     def generate(self, ids: list[int], max_new_tokens: int, *, stop_at_eos: bool = False
                  ) -> list[int]:
