@@ -153,8 +153,9 @@ def _swap_layers(editor: GraphEditor, qts: dict[str, QTensor],
     return layers
 
 
-def to_onnx(source: str, out: str | Path, *, requantize: bool = False, force: bool = False,
-            progress: bool = False, verify: bool = True) -> OnnxExportReport:
+def to_onnx(source: str | Path, out: str | Path, *, requantize: bool = False,
+            force: bool = False, progress: bool = False, verify: bool = True
+            ) -> OnnxExportReport:
     """Export ``source`` (lowbit checkpoint, Hugging Face folder or built-in) to the ONNX
     folder ``out``; see the module docstring."""
     import lowbit
@@ -162,18 +163,29 @@ def to_onnx(source: str, out: str | Path, *, requantize: bool = False, force: bo
     t0 = time.perf_counter()
     out = check_output_path(out)
     model, tokenizer = lowbit.load_model(str(source), verify=verify)
-    arch = check_architecture(model.config, str(source))
+    report = model_to_onnx(model, tokenizer, out, source=str(source), requantize=requantize,
+                           force=force, progress=progress)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def model_to_onnx(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, source: str = "",
+                  requantize: bool = False, force: bool = False, progress: bool = False
+                  ) -> OnnxExportReport:
+    """Export a loaded (quantized or float) model to the ONNX folder ``out``."""
+    t0 = time.perf_counter()
+    out = check_output_path(out)
+    arch = check_architecture(model.config, source or "model")
     qts = _quantized(model)
     plan = plan_layers(qts, requantize)
-    report = OnnxExportReport(path=out, source=str(source), arch=arch)
+    report = OnnxExportReport(path=Path(out), source=source, arch=arch)
     with tempfile.TemporaryDirectory(prefix="lowbit-onnx-") as work, \
-            _output_folder(out, force) as tmp:
+            _output_folder(Path(out), force) as tmp:
         work = Path(work)
         write_float_folder(model, tokenizer, work / "hf")
         build_float(work / "hf", work / "build", work / "cache")
         graph = onnx.load(str(work / "build" / "model.onnx"))
-        editor = GraphEditor(graph)
-        report.layers = _swap_layers(editor, qts, plan, progress)
+        report.layers = _swap_layers(GraphEditor(graph), qts, plan, progress)
         if arch.startswith("Gemma"):
             fix_embed_scale(graph, model.config.hidden_size)
         onnx.save_model(graph, str(tmp / "model.onnx"), save_as_external_data=True,
