@@ -61,6 +61,17 @@ class OnnxExportReport:
         return d
 
 
+def keep_dequantize(genai_config: Path) -> None:
+    """Ask onnxruntime-genai for basic graph optimizations: above them ORT fuses each
+    DequantizeLinear + MatMul into a MatMulNBits with int8 activations (accuracy level 4),
+    which no longer computes with the stored weights' own numbers (a plain session keeps
+    them with the config entry ``session.qdq_matmulnbits_accuracy_level = 0`` instead)."""
+    cfg = json.loads(genai_config.read_text())
+    opts = cfg["model"]["decoder"].setdefault("session_options", {})
+    opts["graph_optimization_level"] = "ORT_ENABLE_BASIC"
+    genai_config.write_text(json.dumps(cfg, indent=4) + "\n")
+
+
 def _quantized(model: torch.nn.Module) -> dict[str, QTensor]:
     """The model's quantized Linears' QTensors by module name."""
     from lowbit.nn import quantized_layers
@@ -193,6 +204,8 @@ def model_to_onnx(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, so
         for f in (work / "build").iterdir():
             if f.name not in ("model.onnx", DATA_FILE):
                 shutil.copy2(f, tmp / f.name)
+        if "DequantizeLinear" in report.op_counts():
+            keep_dequantize(tmp / "genai_config.json")
         report.file_bytes = sum(f.stat().st_size for f in tmp.iterdir())
         report.seconds = time.perf_counter() - t0
         (tmp / MARKER).write_text(json.dumps(report.to_dict(), indent=1) + "\n")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+EXACT_QDQ = "session.qdq_matmulnbits_accuracy_level"
 CACHE_ROOM = 1024  # positions a cache started by ``forward(use_cache=True)`` has room for
 
 
@@ -44,6 +45,9 @@ class OrtDecoder(torch.nn.Module):
             raise ValueError(f"{self.folder}: not an onnxruntime-genai model folder "
                              f"(genai_config.json: {err})") from None
         opts = ort.SessionOptions()
+        # ORT fuses DequantizeLinear + MatMul into MatMulNBits at load, by default with int8
+        # activations (accuracy level 4); level 0 keeps the weights' own fp32 arithmetic
+        opts.add_session_config_entry(EXACT_QDQ, "0")
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.folder / dec["filename"]), opts,
