@@ -186,6 +186,8 @@ def model_to_onnx(model: torch.nn.Module, tokenizer: Any, out: str | Path, *, so
     """Export a loaded (quantized or float) model to the ONNX folder ``out``."""
     t0 = time.perf_counter()
     out = check_output_path(out)
+    if not getattr(model.config, "architectures", None):  # a model built in memory
+        model.config.architectures = [type(model).__name__]
     arch = check_architecture(model.config, source or "model")
     qts = _quantized(model)
     plan = plan_layers(qts, requantize)
