@@ -146,3 +146,17 @@ def test_qparams_roundtrip_is_the_stored_one():
     qp: QParams = qt.qparams()
     codes = unpack(qt.codes, 4, qt.numel).view(qt.shape)
     assert torch.equal(QTensor.from_codes(codes.contiguous(), qp).codes, qt.codes)
+
+
+def test_gemma_embedding_scale_put_back_exact():
+    """The builder writes sqrt(640) rounded to 25.3; transformers multiplies by float32
+    sqrt(640) = 25.298..."""
+    from lowbit.export.onnx_graph import fix_embed_scale
+
+    c = onnx.numpy_helper.from_array(np.asarray(25.3, np.float32), "/model/constants/FLOAT/25.3")
+    mul = helper.make_node("Mul", ["A", c.name], ["Y"], name="/model/embed_tokens/Mul")
+    model = _model([mul], [c], 4)
+    assert fix_embed_scale(model, 640)
+    assert c.name not in {t.name for t in model.graph.initializer}
+    got = _ort(model, np.ones((1, 4), np.float32))
+    assert np.array_equal(got, np.full((1, 4), np.float32(np.sqrt(640)), np.float32))

@@ -89,7 +89,11 @@ def fix_embed_scale(model: onnx.ModelProto, hidden: int) -> bool:
             name = "lowbit.embed_scale"
             value = np.asarray(math.sqrt(hidden), dtype=np.float32)
             model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
-            node.input[1] = name
+            rounded, node.input[1] = node.input[1], name
+            if not any(rounded in n.input for n in model.graph.node):
+                unused = [t for t in model.graph.initializer if t.name == rounded]
+                for t in unused:
+                    model.graph.initializer.remove(t)
             return True
     return False
 
