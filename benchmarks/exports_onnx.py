@@ -117,11 +117,11 @@ def ort_quantizer_rows(float_model, tok, work: Path, windows, ours: dict) -> lis
             if f.suffix not in (".onnx", ".data"):
                 (out / f.name).write_bytes(f.read_bytes())
         r = ort_side(out, None, windows)
-        mine = ours.get(scheme, {})
+        mine = ours.get(scheme)
+        theirs = (f"lowbit {scheme}: {mine['mb']:.1f} MB, PPL {mine['ppl_ort']:.4f}" if mine
+                  else f"lowbit {scheme}: its row in the table above")
         lines.append(f"| ORT MatMulNBitsQuantizer block {block} {'sym' if sym else 'asym'} | "
-                     f"{r['mb']:.1f} | {r['ppl_ort']:.4f} | lowbit {scheme}: "
-                     f"{mine.get('mb', float('nan')):.1f} MB, PPL "
-                     f"{mine.get('ppl_ort', float('nan')):.4f} |")
+                     f"{r['mb']:.1f} | {r['ppl_ort']:.4f} | {theirs} |")
     return lines
 
 
@@ -132,7 +132,8 @@ def table_row(name: str, r: dict) -> str:
             f"{r['load_s']:.2f} | {r['ort_tok_s']:.1f} | {r['lowbit_tok_s']:.1f} |")
 
 
-def one_model(name: str, work: Path, tokens: int, schemes: list[str], write) -> None:
+def one_model(name: str, work: Path, tokens: int, schemes: list[str], write,
+              ort_quantizer: bool = True) -> None:
     import lowbit
     from lowbit.data import read_text
     from lowbit.eval import make_windows
@@ -144,14 +145,19 @@ def one_model(name: str, work: Path, tokens: int, schemes: list[str], write) -> 
         rows[scheme] = scheme_row(float_model, tok, scheme, work / name, windows)
         print(name, scheme, {k: v for k, v in rows[scheme].items() if k != "ops"}, flush=True)
         write(table=[table_row(name, rows[scheme])])
-    for line in ort_quantizer_rows(float_model, tok, work / name, windows, rows):
-        write(ortq=[f"| {name} " + line])
+    if ort_quantizer:
+        for line in ort_quantizer_rows(float_model, tok, work / name, windows, rows):
+            write(ortq=[f"| {name} " + line])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2-135m"])
-    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    ap.add_argument("--schemes", nargs="*", default=list(SCHEMES),
+                    help="schemes to export (none: only ORT's quantizer rows)")
+    ap.add_argument("--no-ort-quantizer", action="store_true",
+                    help="skip ORT's MatMulNBitsQuantizer rows")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to write")
     ap.add_argument("--tokens", type=int, default=1024, help="evaluation tokens (256 a window)")
     args = ap.parse_args()
     done: dict[str, list[str]] = {"table": [], "ortq": []}
@@ -160,13 +166,14 @@ def main() -> None:
         """Rewrite the results file with every row so far (a stopped run keeps its rows)."""
         done["table"] += table
         done["ortq"] += ortq
-        write_text_atomic(RESULTS, "\n".join(header(args) + done["table"] + [""] + ORTQ_HEAD
+        write_text_atomic(args.results, "\n".join(header(args) + done["table"] + [""] + ORTQ_HEAD
                                              + done["ortq"]) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="lowbit-onnx-bench-") as tmp:
         for name in args.models:
-            one_model(name, Path(tmp), args.tokens, args.schemes, write)
-    print(RESULTS.read_text())
+            one_model(name, Path(tmp), args.tokens, args.schemes, write,
+                      not args.no_ort_quantizer)
+    print(args.results.read_text())
 
 
 ORTQ_HEAD = [
@@ -182,7 +189,9 @@ def header(args: argparse.Namespace) -> list[str]:
     return [
         "# ONNX export, checked by ONNX Runtime (CPU)", "",
         f"Written by `benchmarks/exports_onnx.py --models {' '.join(args.models)} --tokens "
-        f"{args.tokens}`. Round-to-nearest quantization (lm_head float), exported by "
+        f"{args.tokens} --schemes {' '.join(args.schemes)}"
+        f"{' --no-ort-quantizer' if args.no_ort_quantizer else ''}`. "
+        "Round-to-nearest quantization (lm_head float), exported by "
         "`lowbit export --to onnx` (onnxruntime-genai's fp32 builder graph, quantized Linears "
         "swapped for MatMulNBits or DequantizeLinear+MatMul), run by onnxruntime "
         f"{_ort_version()} on the CPU. Perplexity on the first {args.tokens} tokens of {TEXT} "
