@@ -85,11 +85,16 @@ def quantize(model: torch.nn.Module, scheme: Scheme | str, **kwargs: Any):
 
 def load_model(source: str, *, verify: bool = True, **kwargs: Any):
     """Load a lowbit checkpoint, a Hugging Face folder, a GGUF file or a built-in model as
-    (model, tokenizer); ``verify`` applies to a checkpoint (see :func:`load`)."""
+    (model, tokenizer); ``verify`` applies to a checkpoint (see :func:`load`). An ONNX model
+    folder (onnxruntime-genai's layout) loads as an ORT session that returns logits
+    (:class:`lowbit.runtimes.onnxruntime_model.OrtDecoder`)."""
     from lowbit.models import load_model as _load_model
+    from lowbit.runtimes.onnxruntime_model import is_onnx_folder, load_onnx_model
     from lowbit.storage.checkpoint import is_checkpoint
     from lowbit.storage.checkpoint import load as _load
 
+    if is_onnx_folder(source):
+        return load_onnx_model(source)
     if is_checkpoint(source):
         return _load(source, verify=verify, **kwargs)
     return _load_model(source, **kwargs)

@@ -64,6 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lowbit.eval.suite import evaluate
     from lowbit.report.results import settings_line, table_cells
     from lowbit.report.table import render_table
+    from lowbit.runtimes.onnxruntime_model import is_onnx_folder
     from lowbit.storage.checkpoint import is_checkpoint, read_metadata
 
     settings = settings_from_args(args)
@@ -81,8 +82,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         base, _ = lowbit.load_model(base_name)
         ref = prepare_reference(base, tok, settings)
     layers = layer_table(model, None if ref is None else ref.model)
-    disk = folder_bytes(args.model) if is_checkpoint(args.model) else None
-    if disk is not None:  # the range warnings recorded when the checkpoint was quantized
+    onnx = is_onnx_folder(args.model)  # an ORT session: its size is the folder's
+    disk = folder_bytes(args.model) if is_checkpoint(args.model) or onnx else None
+    if disk is not None and not onnx:  # range warnings recorded when it was quantized
         for name, entry in read_metadata(args.model)["layers"].items():
             if entry.get("warnings") and name in layers:
                 layers[name]["warnings"] = list(entry["warnings"])
@@ -132,7 +134,8 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity, KL, choice accuracy, size and speed of a model")
-    p.add_argument("model", help="lowbit checkpoint, Hugging Face folder, .gguf or built-in name")
+    p.add_argument("model", help="lowbit checkpoint, Hugging Face folder, .gguf, built-in name "
+                                 "or ONNX model folder (run in ONNX Runtime)")
     p.add_argument("--baseline", help="model to compare with (default: a checkpoint's source)")
     add_eval_options(p)
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")

@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-TARGETS = ("gguf", "compressed-tensors", "bnb")
+TARGETS = ("gguf", "onnx", "compressed-tensors", "bnb")
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from lowbit.export.onnx import to_onnx
+
+    if args.type or args.imatrix:
+        raise SystemExit("lowbit export --to onnx: --type and --imatrix are GGUF options")
+    report = to_onnx(args.source, args.output, requantize=args.requantize, force=args.force,
+                     progress=True, verify=not args.no_verify)
+    ops = ", ".join(f"{n} {op}" for op, n in report.op_counts().items()) or "none (float)"
+    print(f"source           {report.source} ({report.arch})")
+    print(f"quantized        {len(report.layers)} Linears: {ops}")
+    if report.requantized:
+        print(f"requantized      {len(report.requantized)} Linears (--requantize)")
+    else:
+        print("lossless         every quantized Linear written from its codes")
+    print(f"folder           {report.path} ({report.file_bytes / 1e6:.1f} MB)")
+    print(f"time             {report.seconds:.1f} s")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -12,6 +31,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _list(args)
     if args.source is None or args.output is None:
         raise SystemExit("lowbit export: give SOURCE and -o/--output (or --list)")
+    if args.to == "onnx":
+        return cmd_export_onnx(args)
     if args.to != "gguf":
         return _export_folder(args)
     from lowbit.export import to_gguf
@@ -79,13 +100,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.export.gguf_types import PRESETS
 
     p = sub.add_parser("export", help="export a checkpoint or model to GGUF (llama.cpp, Ollama), "
-                                      "compressed-tensors (transformers, vLLM) or bitsandbytes")
+                                      "ONNX (ONNX Runtime), compressed-tensors (transformers, "
+                                      "vLLM) or bitsandbytes")
     p.add_argument("source", nargs="?", help="lowbit checkpoint folder, Hugging Face folder, "
                                             ".gguf file or built-in name")
     p.add_argument("--to", default="gguf", choices=TARGETS, action=_To,
-                   help="file format (default gguf); compressed-tensors and bnb write a Hugging "
-                        "Face folder from a lowbit checkpoint")
-    p.add_argument("-o", "--output", help="file (gguf) or folder to write")
+                   help="file format (default gguf); onnx writes a folder that ONNX Runtime and "
+                        "onnxruntime-genai run; compressed-tensors and bnb write a Hugging Face "
+                        "folder from a lowbit checkpoint")
+    p.add_argument("-o", "--output", help="file (GGUF) or folder (the others) to write")
     p.add_argument("--list", action="store_true",
                    help="print which schemes each target holds (lossless / requantize / "
                         "refused); with --to, that target's reasons")
@@ -94,7 +117,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "model; for a checkpoint it sets the type of its float tensors")
     p.add_argument("--requantize", action="store_true",
                    help="requantize layers the target cannot hold as stored (GGUF: needs "
-                        "--type; others: the nearest scheme they hold)")
+                        "--type; ONNX: to an int4/int8 scheme with integer zero points; others: "
+                        "the nearest scheme they hold)")
     p.add_argument("--imatrix", metavar="FILE",
                    help="importance matrix (llama-imatrix or `lowbit imatrix`, GGUF or .dat): "
                         "quantize each tensor with it, as llama-quantize --imatrix")
