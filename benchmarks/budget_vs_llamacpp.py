@@ -6,8 +6,9 @@ Two variants (``--parts``):
   tensor bytes (the preset file's tensors, less the norms' F32-vs-F16 difference) over ggml
   types, quantizes and exports to GGUF without requantizing; llama.cpp scores both files
   against the F32 file's logits on the same windows. With ``--imatrix-models``, the same again
-  with an importance matrix on both sides: llama-imatrix for llama-quantize, ``lowbit imatrix``
-  (``measure_imatrix``, on the same calibration windows) for lowbit's ``rtn-imatrix``.
+  with an importance matrix on both sides: llama-imatrix for llama-quantize, lowbit's own
+  (``measure_imatrix``, on the same calibration windows) for the plan's ``rtn-imatrix``, whose
+  ggml types take llama.cpp's weighted quantizer (the plan is the imatrix-free one's).
 - ``any``: SmolLM2 only, scored by lowbit's evaluator (:mod:`budget_lowbit_side`): uniform
   schemes, the presets as lowbit reproduces them, and budgeted plans over ggml types and over
   any scheme at each preset's bytes.
@@ -109,8 +110,12 @@ def only_ggml(sens):
 
 
 def imatrices(name: str, work: Path, f32: Path, tok) -> dict[str, Path]:
-    """llama-imatrix's importance matrix on the calibration windows (lowbit cannot yet apply
-    one to a plan of ggml types: see run_ggml_variant)."""
+    """Both importance matrices from the same calibration windows: llama-imatrix's (for
+    llama-quantize) and lowbit's own (``measure_imatrix`` on the float model, for rtn-imatrix
+    on the budgeted plan)."""
+    from lowbit.export.imatrix import measure_imatrix
+    from lowbit.ggml.imatrix import write_imatrix
+    from lowbit.models import load_model
     from lowbit.runtimes.llamacpp_tools import llama_imatrix
     from peers.ggml import calibration_text
 
@@ -118,7 +123,10 @@ def imatrices(name: str, work: Path, f32: Path, tok) -> dict[str, Path]:
     text = calibration_text(tok, cal.tokens, work / "calib.txt")
     theirs = llama_imatrix(f32, text, work / "llama-imatrix.gguf", ctx=IMATRIX_LENGTH,
                            chunks=IMATRIX_WINDOWS)
-    return {"llama-imatrix": theirs}
+    model, _ = load_model(name)
+    ours = write_imatrix(work / "lowbit-imatrix.gguf",
+                         measure_imatrix(model, cal, datasets=[text.name], progress=False))
+    return {"llama-imatrix": theirs, "lowbit imatrix": ours}
 
 
 def eval_windows(name: str, max_tokens: int):
@@ -159,11 +167,15 @@ def run_ggml_variant(name: str, work: Path, args, sensitivities: dict, windows,
             files.append(("llama.cpp preset", f"llama.cpp {preset}", "llama-imatrix", ti,
                           "preset rules"))
         for kind, sens in sensitivities.items():
-            # no imatrix on lowbit's side: rtn-imatrix refuses ggml types, and to_gguf's
-            # imatrix serves float-model presets only, not a checkpoint's plan
             path, _, secs = lowbit_file(name, work, sens, target, f"{preset}-{kind}")
             files.append(("budget ggml", f"lowbit budget ({kind} sensitivity, rtn)", "none",
                           path, f"{secs:.0f} s to plan, quantize, export"))
+            if imat:  # the same plan, its ggml types quantized with lowbit's imatrix
+                path, _, secs = lowbit_file(name, work, sens, target, f"{preset}-{kind}-im",
+                                            imatrix=imat["lowbit imatrix"])
+                files.append(("budget ggml", f"lowbit budget ({kind} sensitivity, "
+                              "rtn-imatrix)", "lowbit imatrix", path,
+                              f"{secs:.0f} s to plan, quantize, export"))
         for kind, label, im, path, note in files:
             m = metrics(base, llamacpp_scores(path, windows, 1), windows)
             flag = grid_note(f32, path)
@@ -208,7 +220,11 @@ def main() -> None:
     ap.add_argument("--imatrix-models", nargs="*", default=["smollm2-135m"])
     ap.add_argument("--uniform", nargs="+", default=list(UNIFORM),
                     help="uniform schemes of the any-scheme variant")
-    ap.add_argument("--parts", nargs="+", choices=["ggml", "any"], default=["ggml", "any"])
+    ap.add_argument("--parts", nargs="+", choices=["ggml", "any", "refine"],
+                    default=["ggml", "any"],
+                    help="refine: SmolLM2's ggml-only plan with and without the refine pass")
+    ap.add_argument("--refine-presets", nargs="+", default=["Q3_K_M", "Q4_K_M"])
+    ap.add_argument("--refine-swaps", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--render-only", action="store_true",
                     help="only write budget.md and budget.png from the stored rows")
     args = ap.parse_args()
@@ -219,17 +235,22 @@ def main() -> None:
         kinds = args.sensitivity if name == "smollm2-135m" else ["proxy"]
         if any_part and args.any_sensitivity not in kinds:
             kinds = [*kinds, args.any_sensitivity]
+        if "refine" in args.parts and name == "smollm2-135m" and "kl" not in kinds:
+            kinds = [*kinds, "kl"]
         facts, sens = {}, {}
         for kind in kinds:
             # the any-scheme variant's sensitivity is measured over every candidate
             cands = (ANY_CANDIDATES if any_part and kind == args.any_sensitivity
                      else GGML_CANDIDATES)
             sens[kind], secs = measure(name, kind, list(cands))
-            facts[f"{name} {kind} sensitivity"] = f"over {', '.join(cands)}, {secs:.0f} s"
+            which = " (any-scheme and refine rows)" if cands == ANY_CANDIDATES else ""
+            facts[f"{name} {kind} sensitivity{which}"] = (f"over {', '.join(cands)}, "
+                                                          f"{secs:.0f} s")
         ggml_sens = {k: only_ggml(v) for k, v in sens.items()}
         windows = eval_windows(name, args.max_tokens)
-        facts["scored tokens" if "ggml" in args.parts else "scored tokens (any-scheme "
-              "variant)"] = windows.n_scored
+        part = next(p for p in ("ggml", "any", "refine") if p in args.parts)
+        facts[{"ggml": "scored tokens", "any": "scored tokens (any-scheme variant)",
+               "refine": "scored tokens (refine rows)"}[part]] = windows.n_scored
         if "ggml" in args.parts:
             with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
                 got = run_ggml_variant(name, Path(tmp), args, ggml_sens, windows,
@@ -244,6 +265,15 @@ def main() -> None:
             k = args.any_sensitivity
             allrows, info = store(run_any_variant(name, windows, ggml_sens[k], sens[k],
                                                   args.presets, args.uniform, store, k))
+        if "refine" in args.parts and name == "smollm2-135m":
+            from budget_lowbit_side import run_refine_variant
+
+            def keep(got: list[dict], facts=facts, name=name) -> tuple[list[dict], dict]:
+                return merge(got, facts, [name], ["refine"], args.refine_presets)
+
+            allrows, info = keep(run_refine_variant(name, windows, ggml_sens["kl"],
+                                                    args.refine_presets, args.refine_swaps,
+                                                    keep))
     plot = write_plot(allrows, RESULTS / "budget.png")
     text = render(allrows, info, TEXT, plot.name)
     write_text_atomic(RESULTS / "budget.md", text)
