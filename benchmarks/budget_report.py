@@ -101,7 +101,10 @@ def render(rows: list[dict], info: dict, text: str, plot: str) -> str:
         "`rtn-imatrix`, whose ggml types take llama.cpp's weighted quantizer (the same plan as "
         "the imatrix-free row: sensitivity is measured with plain rtn encodes). "
         "Sensitivity for the plans is measured "
-        f"on 2 windows of 128 calibration tokens. Run facts: {facts}.", "",
+        "on 2 windows of 128 calibration tokens; the times in the run facts are those runs' "
+        "own, read from the sensitivity cache where an earlier run had measured it (a cold "
+        "measurement's time: `sensitivity.md`, `benchmarks/sensitivity_speed.py`). "
+        f"Run facts: {facts}.", "",
         "## ggml types only: GGUF files scored by llama.cpp", "",
         "MB: the GGUF file.", "",
         render_table(HEAD, [_cells(r) for r in ggml], markdown=True), "",
