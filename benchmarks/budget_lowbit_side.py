@@ -127,3 +127,55 @@ def run_any_variant(name: str, windows, sens_ggml, sens_any, presets: list[str],
             rows.append({**best, "size_of": preset, "kind": "best uniform",
                          "note": f"best KL of the uniform schemes within +1% of {target} B"})
     return rows
+
+
+def preset_bytes(name: str, preset: str) -> int:
+    """The whole model's stored bytes under lowbit's reproduction of a llama.cpp preset."""
+    import lowbit
+    from lowbit.eval.layers import model_size
+    from lowbit.models import load_model
+    from lowbit.pipeline.presets import preset_plan
+
+    model, _ = load_model(name)
+    lowbit.quantize(model, preset_plan(model, preset.lower()), progress=False)
+    return model_size(model)[0]
+
+
+def run_refine_variant(name: str, windows, sens, presets: list[str], swaps: list[int],
+                       on_row=None, sensitivity: str = "kl") -> list[dict]:
+    """The refine pass's gain: at each preset's bytes, the budgeted plan over ``sens``'s
+    candidates as allocated, then refined with each count of ``swaps`` (on sensitivity's
+    calibration windows, as ``lowbit quantize --refine-swaps`` does), every plan scored by
+    lowbit's evaluator on the evaluation windows."""
+    from transformers import AutoTokenizer
+
+    from lowbit.budget.plan import budget_plan
+    from lowbit.budget.refine import refine_plan
+    from lowbit.budget.sensitivity import default_calibration
+    from lowbit.models import ensure_builtin
+
+    side = LowbitSide(name, windows)
+    cal = default_calibration(AutoTokenizer.from_pretrained(ensure_builtin(name)))
+    rows = []
+
+    def add(kind: str, label: str, size_of: str, plan, extra: str) -> None:
+        r = side.score(plan)
+        rows.append({"variant": "refine", "model": name, "size_of": size_of, "kind": kind,
+                     "file": label, "imatrix": "none", "evaluator": EVALUATOR, **r,
+                     "note": "; ".join(x for x in (r["note"], extra) if x)})
+        if on_row is not None:
+            on_row(rows)
+
+    for preset in presets:
+        plan = budget_plan(side.base, sens, target_bytes=preset_bytes(name, preset))
+        label = f"lowbit budget ggml ({sensitivity} sensitivity)"
+        add("refine base", label, preset, plan, "allocated (additive KL), no refine")
+        for n in swaps:
+            t0 = time.perf_counter()
+            refined = refine_plan(side.base, cal, sens, plan, swaps=n, progress=False)
+            log = refined.details["refine"]
+            add("refined", f"{label} + refine {n} swaps", preset, refined,
+                f"calibration KL {log['measured_kl']:.5f} -> {log['final_kl']:.5f} (summed "
+                f"{plan.details['summed_kl']:.5f}); {log['tried']} swaps measured, "
+                f"{len(log['applied'])} applied; {time.perf_counter() - t0:.0f} s to refine")
+    return rows

@@ -30,7 +30,7 @@ def goals(rows: list[dict]) -> list[str]:
     """The issue's two quality goals, judged on the rows (Markdown bullets)."""
     out = []
     for model in sorted({r["model"] for r in rows if r["variant"] == "ggml"}):
-        for im_theirs, im_ours in (("none", "none"), ("llama-imatrix", "none")):
+        for im_theirs, im_ours in (("none", "none"), ("llama-imatrix", "lowbit imatrix")):
             for preset in dict.fromkeys(r["size_of"] for r in rows if r["model"] == model):
                 a = _find(rows, variant="ggml", model=model, size_of=preset,
                           kind="llama.cpp preset", imatrix=im_theirs)
@@ -56,6 +56,29 @@ def goals(rows: list[dict]) -> list[str]:
     return out
 
 
+def refine_section(rows: list[dict]) -> list[str]:
+    """The refine pass's rows (``--parts refine``) and their gain over the allocated plan."""
+    if not rows:
+        return []
+    gains = []
+    for preset in dict.fromkeys(r["size_of"] for r in rows):
+        base = _find(rows, size_of=preset, kind="refine base")
+        for r in rows:
+            if base and r["size_of"] == preset and r["kind"] == "refined":
+                gains.append(f"- {preset} size, {r['file'].rsplit('+ ', 1)[-1]}: KL "
+                             f"{base['kl']:.5f} -> {r['kl']:.5f} "
+                             f"({(r['kl'] - base['kl']) / base['kl']:+.1%}; scored by lowbit)")
+    return [
+        "## Refine pass (interactions): SmolLM2-135M, scored by lowbit's evaluator", "",
+        "The ggml-only budgeted plan as allocated (KL taken as additive), then refined by "
+        "`lowbit quantize --refine-swaps N`'s pass: the whole plan's KL measured on "
+        "sensitivity's calibration windows, then N byte-neutral swaps per round measured in "
+        "the plan's context, the best kept, 2 rounds. The note gives the calibration-window "
+        "figures; the columns are the evaluation windows. MB: tensor bytes as stored.", "",
+        render_table(HEAD, [_cells(r) for r in rows], markdown=True), "",
+        *gains, ""]
+
+
 def _flag(*rows: dict) -> str:
     return " [artifact flag on a row]" if any("ARTIFACT" in r["note"] for r in rows) else ""
 
@@ -72,13 +95,16 @@ def render(rows: list[dict], info: dict, text: str, plot: str) -> str:
         "(second halves scored; how many tokens each variant scored is in the run facts), "
         "KL(float || quantized) per token. Budgets are the "
         "exact tensor bytes of llama.cpp's preset file (less its norms' F32-vs-F16 "
-        "difference). Importance matrix: llama-imatrix on 8 windows of 512 tokens of the "
-        "calibration text, for llama-quantize's `imatrix` rows. lowbit's side has none yet: "
-        "its `rtn-imatrix` refuses ggml types and `to_gguf(imatrix=)` serves float-model "
-        "presets, not a checkpoint's plan, so those rows compare an imatrix-free budget with "
-        "llama.cpp's imatrix preset. "
+        "difference). Importance matrices on both sides, from the same 8 windows of 512 "
+        "tokens of the calibration text: llama-imatrix's for llama-quantize, lowbit's own "
+        "(`measure_imatrix` on the float model) for the budgeted plan quantized with "
+        "`rtn-imatrix`, whose ggml types take llama.cpp's weighted quantizer (the same plan as "
+        "the imatrix-free row: sensitivity is measured with plain rtn encodes). "
         "Sensitivity for the plans is measured "
-        f"on 2 windows of 128 calibration tokens. Run facts: {facts}.", "",
+        "on 2 windows of 128 calibration tokens; the times in the run facts are those runs' "
+        "own, read from the sensitivity cache where an earlier run had measured it (a cold "
+        "measurement's time: `sensitivity.md`, `benchmarks/sensitivity_speed.py`). "
+        f"Run facts: {facts}.", "",
         "## ggml types only: GGUF files scored by llama.cpp", "",
         "MB: the GGUF file.", "",
         render_table(HEAD, [_cells(r) for r in ggml], markdown=True), "",
@@ -88,6 +114,7 @@ def render(rows: list[dict], info: dict, text: str, plot: str) -> str:
         "that plan's bytes. `best uniform` repeats the uniform row of least KL within +1% of "
         "the budget.", "",
         render_table(HEAD, [_cells(r) for r in anys], markdown=True), "",
+        *refine_section([r for r in rows if r["variant"] == "refine"]),
         "## Goals", "", *goals(rows), "",
         "## Gemma-3-270M flag", "",
         *([] if any(r["model"].startswith("gemma") for r in rows) else [

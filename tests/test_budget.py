@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,48 @@ def test_target_file_gguf_from_a_hugging_face_folder(tiny_hf_dir, tmp_path, caps
     assert f"budget           {target} GGUF file bytes" in capsys.readouterr().out
     assert main(["export", str(ck), "-o", str(out)]) == 0
     assert target - 2048 < out.stat().st_size <= target
+
+
+def test_a_budget_quantizes_ggml_types_with_the_importance(tiny_gguf, tmp_path, capsys,
+                                                           lowbit_cache) -> None:
+    """--imatrix FILE (rtn-imatrix then) or --method rtn-imatrix on calibration text: the
+    plan's ggml tensors take llama.cpp's weighted quantizer (other bytes than rtn's, same
+    plan and sizes) and still export without requantizing."""
+    from lowbit.export import to_gguf
+    from lowbit.export.check import read_gguf_bytes
+    from lowbit.export.imatrix import measure_imatrix
+    from lowbit.ggml.imatrix import write_imatrix
+    from lowbit.models import load_model
+    from lowbit.storage.checkpoint import read_metadata
+
+    model, _ = load_model(tiny_gguf)
+    tokens = torch.randint(0, 250, (2, 32), generator=torch.Generator().manual_seed(4))
+    write_imatrix(tmp_path / "im.gguf", measure_imatrix(model, Calibration(tokens),
+                                                        progress=False))
+    common = ["--target-size", "90000", "--target-file", "gguf", "--candidates",
+              "q8_0,q5_1,q5_0,q4_1,q4_0", "--sensitivity", "proxy"]
+    runs = {"rtn": [], "file": ["--imatrix", str(tmp_path / "im.gguf")],
+            "text": ["--method", "rtn-imatrix", "--calib", "sotu-1980-1999.txt",
+                     "--calib-tokens", "256", "--calib-length", "128"]}
+    files = {}
+    for kind, extra in runs.items():
+        ck = tmp_path / f"ck-{kind}"
+        assert main(["quantize", str(tiny_gguf), *common, "-o", str(ck), *extra]) == 0
+        out = capsys.readouterr().out
+        assert ("method           rtn-imatrix" in out) == (kind != "rtn")
+        layers = read_metadata(ck)["layers"]
+        assert {i["method"] for n, i in layers.items() if n != "lm_head"} == \
+            {"rtn" if kind == "rtn" else "rtn-imatrix"}
+        # the file has no entry for the head: rtn, as llama-quantize quantizes `output`
+        assert layers["lm_head"]["method"] == ("rtn-imatrix" if kind == "text" else "rtn")
+        exported = to_gguf(ck, tmp_path / f"{kind}.gguf")
+        files[kind] = read_gguf_bytes(exported.path)
+        quantized = [n for n, (t, _) in files[kind].items() if t not in ("F32", "F16")]
+        assert sorted(exported.lossless) == sorted(quantized)
+    weighted = [n for n, (t, _) in files["rtn"].items()
+                if n.startswith("blk.") and t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1")]
+    assert weighted
+    for kind in ("file", "text"):
+        assert {n: t for n, (t, _) in files[kind].items()} == \
+            {n: t for n, (t, _) in files["rtn"].items()}
+        assert all(not np.array_equal(files[kind][n][1], files["rtn"][n][1]) for n in weighted)

@@ -166,3 +166,35 @@ def test_a_quantized_model_is_refused(tiny_llama) -> None:
     quantize(model, "int8-sym-channel")
     with pytest.raises(ValueError, match="measured on the unquantized model"):
         measure_imatrix(model, Calibration(torch.randint(0, 256, (1, 16))), progress=False)
+
+
+@pytest.mark.parametrize("preset", ["q4_k_m", "q3_k_s"])
+def test_a_plan_quantized_with_the_imatrix_exports_the_imatrix_export_s_bytes(
+        wide, tmp_path, preset, lowbit_cache) -> None:
+    """rtn-imatrix on a plan of ggml types, from the same imatrix file, writes every tensor's
+    bytes exactly as the imatrix-aware GGUF export of the float model does (the reference:
+    `to_gguf(imatrix=)`, itself checked against llama-quantize), and the checkpoint exports
+    them without requantizing. The head has no entry: both quantize it without importance."""
+    import lowbit
+    from lowbit.models import load_model
+    from lowbit.pipeline.presets import preset_plan
+
+    src, im = wide
+    want = read_gguf_bytes(to_gguf(src, tmp_path / "ref.gguf", qtype=preset.upper(),
+                                   imatrix=im.path).path)
+    model, tok = load_model(src)
+    report = lowbit.quantize(model, preset_plan(model, preset), method="rtn-imatrix",
+                             imatrix=im.path, keep_dtype=torch.float32, progress=False)
+    assert report.layers["lm_head"].method == "rtn"
+    assert report.layers["model.layers.0.mlp.down_proj"].method == "rtn-imatrix"
+    ck = lowbit.save(model, tmp_path / "ck", tokenizer=tok,
+                     layer_info={**report.layers, **report.embeddings})
+    exported = to_gguf(ck, tmp_path / "ours.gguf")
+    got = read_gguf_bytes(exported.path)
+    quantized = sorted(n for n, (t, _) in want.items() if t not in ("F32", "F16"))
+    assert sorted(exported.lossless) == quantized  # copied from the codes, none re-encoded
+    assert {n: got[n][0] for n in quantized} == {n: want[n][0] for n in quantized}
+    assert [n for n in quantized if not np.array_equal(got[n][1], want[n][1])] == []
+    plain = read_gguf_bytes(to_gguf(src, tmp_path / "plain.gguf", qtype=preset.upper()).path)
+    moved = [n for n in quantized if not np.array_equal(plain[n][1], want[n][1])]
+    assert len(moved) > len(quantized) // 2  # the importance did change the bytes

@@ -143,3 +143,22 @@ def test_registered_method_reads_x2_mean_and_checks_options() -> None:
     coarse = method.with_options(grid=2).quantize_weight(w, "int4-asym-g32", stats)
     assert bool((errors(w, imp, coarse) >= errors(w, imp, qt)).all())
     assert not torch.equal(coarse.codes, qt.codes)
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q5_1", "q3_k", "q6_k", "q8_0"])
+def test_ggml_types_take_llamacpp_s_weighted_quantizer(name) -> None:
+    """A ggml type: the block bytes of llama.cpp's weighted quantizer for this importance (the
+    numpy reference, not the C fast path the method uses); Q8_0 ignores the importance."""
+    from lowbit import ggml
+
+    w, imp = heavy((8, 256)), skewed(256)
+    qt = get_method("rtn-imatrix").quantize_weight(w, name, LayerStats(n_tokens=4, x2_mean=imp),
+                                                   name="w")
+    want = ggml.quantize(w.numpy(), Scheme.parse(name).ggml_type, importance=imp.numpy(),
+                         impl="reference")
+    assert np.array_equal(qt.codes.numpy(), want)
+    plain = quantize_rtn(w, name).codes
+    assert torch.equal(qt.codes, plain) == (name == "q8_0")
+    with pytest.raises(ValueError, match="w: importance has 128 values"):
+        get_method("rtn-imatrix").quantize_weight(
+            w, name, LayerStats(n_tokens=4, x2_mean=imp[:128]), name="w")

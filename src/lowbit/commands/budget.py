@@ -68,7 +68,8 @@ def candidates(args: argparse.Namespace) -> list[str]:
 
 
 def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
-    """Load the model, measure (or read cached) sensitivity, allocate, quantize, save."""
+    """Load the model, measure (or read cached) sensitivity, allocate, quantize (with the
+    method's data: --imatrix or calibration text), save; (report, calibration or None)."""
     from lowbit.budget.plan import budget_plan, parse_size
     from lowbit.budget.sensitivity import default_calibration, measure_sensitivity
     from lowbit.models import load_model
@@ -117,10 +118,36 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
         for path in write_sensitivity_report(sens, args.sensitivity_report,
                                              choice_of(plan, sens)):
             print(f"sensitivity      {path}")
-    report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict)
+    data = _method_data(args, method, tokenizer)
+    report = quantize(model, plan, method=method, keep_dtype=keep, strict=args.strict, **data)
     save(model, out, tokenizer=tokenizer, force=args.force,
          layer_info={**report.layers, **report.embeddings})
-    return report
+    return report, data.get("calibration")
+
+
+def budget_method(args: argparse.Namespace, method):
+    """The method a budget quantizes with: ``--imatrix FILE`` with the default ``rtn`` means
+    ``rtn-imatrix`` (the only use of an importance matrix; ggml types get llama.cpp's weighted
+    quantizer), anything else as given."""
+    from lowbit.methods import get_method
+
+    if args.imatrix and method.name == "rtn":
+        args.method = "rtn-imatrix"
+        return get_method("rtn-imatrix").with_option_strings(args.method_option or [])
+    return method
+
+
+def _method_data(args: argparse.Namespace, method, tokenizer) -> dict:
+    """What a data-aware method quantizes the plan from: the --imatrix file, or calibration
+    text (--calib, the quantize default of --calib-tokens: not sensitivity's small set)."""
+    if args.imatrix:
+        return {"imatrix": args.imatrix}
+    if not method.data_aware:
+        return {}
+    from lowbit.commands.calibration_options import calibration_from_args
+
+    return {"calibration": calibration_from_args(args, tokenizer,
+                                                 what=f"method {method.name!r}")}
 
 
 def _gguf_fixed(model, sens, keep) -> int:

@@ -37,7 +37,9 @@ def _quantize_to(args: argparse.Namespace, source, out: Path, overrides: dict[st
     from lowbit.commands.budget import quantize_to_budget, wants_budget
 
     if wants_budget(args):
-        return quantize_to_budget(args, out, method, keep), None
+        from lowbit.commands.budget import budget_method
+
+        return quantize_to_budget(args, out, budget_method(args, method), keep)
     if args.preset:
         return _quantize_preset(args, out, method, keep), None
     if source.kind in ("hf", "builtin") and not method.data_aware and not args.imatrix \
@@ -265,7 +267,8 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix", metavar="FILE",
                    help="llama.cpp importance matrix (llama-imatrix -o FILE, .dat) to read each "
                         "layer's x2_mean from instead of calibrating; for methods that need "
-                        "only that (rtn-imatrix)")
+                        "only that (rtn-imatrix; with --target-size/--target-bpw the default "
+                        "method becomes rtn-imatrix)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -106,6 +106,8 @@ class Method:
     needs: frozenset[str]
     options: tuple[tuple[str, Any], ...] = ()
     prepare_block: PrepareBlock | None = None
+    #: writes ggml types (llama.cpp's block bytes): rtn, and rtn-imatrix with the importance
+    ggml: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Every option's value as the method will run (defaults, then the bound values)."""
@@ -161,10 +163,10 @@ class Method:
         from lowbit.core.scheme import Scheme
 
         scheme = Scheme.parse(scheme) if isinstance(scheme, str) else scheme
-        if scheme.ggml_type and self.name != "rtn":
+        if scheme.ggml_type and not self.ggml:
             raise ValueError(f"{name}: method {self.name!r} does not quantize to the ggml type "
                              f"{scheme}; ggml types are written by llama.cpp's own quantizer "
-                             "(method rtn)")
+                             "(method rtn, or rtn-imatrix with an importance matrix)")
         if self.needs:
             missing = sorted(self.needs if stats is None else stats.missing(self.needs))
             if missing:
@@ -187,12 +189,14 @@ _discovered = False
 
 def register_method(name: str, fn: QuantizeWeight | None = None, *,
                     needs: Iterable[str] = (), options: Mapping[str, Any] | None = None,
-                    prepare_block: PrepareBlock | None = None) -> Callable | Method:
+                    prepare_block: PrepareBlock | None = None,
+                    ggml: bool = False) -> Callable | Method:
     """Register ``fn`` as method ``name`` (or, without ``fn``, return a decorator that does).
 
     ``needs``: the statistics the method reads from ``stats``; ``options``: values bound to
     ``fn``'s options under this name; ``prepare_block``: a block step (data-aware methods only;
-    see :meth:`Method.prepare`); a name registered twice is an error (call
+    see :meth:`Method.prepare`); ``ggml``: the method also writes ggml types (their block
+    bytes, as llama.cpp's quantizer does); a name registered twice is an error (call
     :func:`unregister_method` first to replace one)."""
     wanted = frozenset(needs)
     unknown = sorted(wanted - STATISTICS)
@@ -209,7 +213,7 @@ def register_method(name: str, fn: QuantizeWeight | None = None, *,
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered "
                              f"(by {_REGISTRY[name].fn!r})")
-        method = Method(name, f, wanted, prepare_block=prepare_block)
+        method = Method(name, f, wanted, prepare_block=prepare_block, ggml=ggml)
         _REGISTRY[name] = method.with_options(**options) if options else method
         return f
 

@@ -40,7 +40,7 @@ def quantize_rtn(w: torch.Tensor, scheme: Scheme | str, *, name: str = "weight")
                               outliers=None if outliers is None else tuple(outliers))
 
 
-@register_method("rtn")
+@register_method("rtn", ggml=True)
 def rtn(w: torch.Tensor, scheme: Scheme, stats: LayerStats | None, *, name: str) -> QTensor:
     """Round-to-nearest as a registered method: it needs no data (``stats`` is always None)."""
     return quantize_rtn(w, scheme, name=name)

@@ -24,6 +24,10 @@ whose importance is zero keeps RTN's scale. NVFP4's tensor scale stays RTN's. Th
 transforms are applied group by group and the scales chosen once more on the result, which
 gives the same per-group scales; with ``dq`` (QLoRA) the chosen scales are double-quantized
 together, so that last rounding is not part of the search.
+
+A ggml type (``q4_k``) is quantized by llama.cpp's own importance-weighted quantizer
+(``lowbit.ggml``, ``quantize_row_<type>_impl``), so its bytes are what ``llama-quantize
+--imatrix`` writes for the same tensor and importance, and a plan of ggml types exports as is.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowbit.core import ggml_blocks
 from lowbit.core.grouping import check_weight, to_groups
 from lowbit.core.qparams import QParams, choose_qparams, dequantize_codes, quantize_with_qparams
 from lowbit.core.qtensor import QTensor
@@ -169,11 +174,26 @@ def _assemble(w: torch.Tensor, scheme: Scheme, tried: list[Transform | None],
     return _ungroup(out, w, scheme)
 
 
-@register_method("rtn-imatrix", needs={"x2_mean"})
+def quantize_weighted_ggml(w: torch.Tensor, scheme: Scheme, importance: torch.Tensor, *,
+                           name: str = "weight") -> QTensor:
+    """``w`` in a ggml type by llama.cpp's importance-weighted quantizer (what
+    ``llama-quantize --imatrix`` writes for this tensor and importance; Q8_0 ignores it)."""
+    w = check_weight(w, name)
+    imp = check_importance(importance, w.shape[1], name)
+    qt = QTensor(scheme=scheme, shape=(int(w.shape[0]), int(w.shape[1])),
+                 codes=ggml_blocks.quantize_blocks(w, scheme, name, importance=imp))
+    qt.validate(name)
+    return qt
+
+
+@register_method("rtn-imatrix", needs={"x2_mean"}, ggml=True)
 def rtn_imatrix(w: torch.Tensor, scheme: Scheme, stats: LayerStats | None, *, name: str,
                 grid: int = GRID, max_shrink: float = MAX_SHRINK) -> QTensor:
     """Importance-weighted scale search as a registered method; the importance is the
-    calibration's (or an imatrix file's) ``x2_mean``. Options ``grid``, ``max_shrink``."""
+    calibration's (or an imatrix file's) ``x2_mean``. Options ``grid``, ``max_shrink`` (a
+    ggml type uses llama.cpp's own weighted search instead, and ignores them)."""
     assert stats is not None and stats.x2_mean is not None  # the registry checks needs
+    if scheme.ggml_type:
+        return quantize_weighted_ggml(w, scheme, stats.x2_mean, name=name)
     return quantize_weighted(w, scheme, stats.x2_mean, grid=grid, max_shrink=max_shrink,
                              name=name)

@@ -214,23 +214,41 @@ def _check_data(method: Method, calibration: Calibration | None,
 def _quantize_from_imatrix(model: nn.Module, plan: Mapping[str, Scheme], method: Method,
                            path: str | os.PathLike[str], report: QuantizeReport, strict: bool,
                            progress: bool) -> None:
-    """Quantize every planned Linear with its ``x2_mean`` read from the imatrix file. A head
-    tied to the input embedding has no entry (llama-imatrix never records it, and
-    llama-quantize quantizes ``token_embd`` without one): it is quantized by plain ``rtn``."""
+    """Quantize every planned Linear with its ``x2_mean`` read from the imatrix file. The
+    output head usually has no entry (llama-imatrix does not record it by default, never when
+    it is tied to the embedding) and llama-quantize then quantizes ``output`` / ``token_embd``
+    without one: such a head is quantized by plain ``rtn``."""
     from tqdm import tqdm
 
     from lowbit.calibration.imatrix import imatrix_fingerprint, imatrix_stats, load_imatrix
 
     imx = load_imatrix(path)
-    tied = _tied_head(model)
-    weighted = [n for n in plan if n != tied]
+    plain = _heads_without_entry(model, plan, imx)
+    weighted = [n for n in plan if n not in plain]
     stats = imatrix_stats(model, weighted, imx, source=f"imatrix {os.fspath(path)!r}")
     data = {"imatrix": imatrix_fingerprint(path, imx)}
     for name in tqdm(plan, desc="quantize", unit="layer", disable=not progress):
-        if name == tied:
+        if name in plain:
             _replace(model, name, plan[name], get_method("rtn"), None, report, strict)
         else:
             _replace(model, name, plan[name], method, stats[name], report, strict, data)
+
+
+def _heads_without_entry(model: nn.Module, plan: Mapping[str, Scheme], imatrix: Any
+                         ) -> set[str]:
+    """The planned output head when it is tied to the embedding or has no imatrix entry."""
+    from lowbit.core.module_tree import is_output_head
+    from lowbit.export.gguf_metadata import gguf_arch, gguf_name
+
+    tied = _tied_head(model)
+    out = {tied} if tied in plan else set()
+    cfg = model.config
+    for name in plan:
+        if is_output_head(name) and name != tied:
+            g = gguf_name(f"{name}.weight", gguf_arch(cfg), cfg.num_hidden_layers)
+            if g not in imatrix:
+                out.add(name)
+    return out
 
 
 def _tied_head(model: nn.Module) -> str | None:
