@@ -197,7 +197,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-text", default="sotu-2000-2015.txt")
     p.add_argument("--eval-tokens", type=int, default=2048)
     p.add_argument("--context", type=int, default=256)
-    p.add_argument("--parts", default="claim,recover")
+    p.add_argument("--parts", default="claim,recover,untrained")
     p.add_argument("--child", choices=("train", "recover"))
     p.add_argument("--label")
     p.add_argument("--base")
@@ -220,16 +220,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {"claim": [], "recover": []}
     parts = args.parts.split(",")
-    if "claim" in parts:
-        steps = ["--steps", str(args.steps)]
-        rows["claim"].append(run_child("train", "bf16 (untrained)", MODEL, args, ["--steps", "0"]))
-        rows["claim"].append(run_child("train", "bf16", MODEL, args, steps))
-        for s in QLORA_SCHEMES:
-            rows["claim"].append(run_child("train", s, str(checkpoint(work, s)), args, steps))
-    if "recover" in parts:
-        for s in RECOVER_SCHEMES:
-            rows["recover"].append(run_child("recover", s, str(checkpoint(work, s)), args, []))
-    write_report(Path(args.out), rows, args)
+    steps = ["--steps", str(args.steps)]
+    jobs = [("claim", "train", "bf16", MODEL, steps)] if "claim" in parts else []
+    jobs += [("claim", "train", s, s, steps) for s in QLORA_SCHEMES if "claim" in parts]
+    jobs += [("recover", "recover", s, s, []) for s in RECOVER_SCHEMES if "recover" in parts]
+    if "untrained" in parts:
+        jobs.append(("claim", "train", "bf16 (untrained)", MODEL, ["--steps", "0"]))
+    for part, kind, label, base, extra in jobs:
+        src = base if base == MODEL else str(checkpoint(work, base))
+        rows[part].append(run_child(kind, label, src, args, extra))
+        write_report(Path(args.out), rows, args)  # after every row: a cut run keeps its rows
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from lowbit.storage.atomic import write_text_atomic
+
+
+def _lock() -> str:
+    if os.environ.get("LOWBIT_TIMING_LOCK") == "held":
+        return "the run held the timing lock"
+    return "the timing lock was busy, so this run went without it"
 
 
 def _ci(r: dict) -> str:
@@ -74,8 +81,8 @@ def _recover(rows: list[dict]) -> list[str]:
 def write_report(out: Path, rows: dict[str, list[dict]], args: Any) -> None:
     text = ["# QLoRA on lowbit formats, and recovery (SmolLM2-135M, CPU)", "",
             f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, 2 cores shared "
-            "with other jobs (wall times are this run's, not a clean machine's). Produced by "
-            "`benchmarks/qlora.py`.", ""]
+            "with other jobs (wall times are this run's, not a clean machine's; " + _lock()
+            + "). Produced by `benchmarks/qlora.py`.", ""]
     if rows["claim"]:
         text += ["## LoRA on the 16-bit base vs QLoRA", "",
                  f"peft LoRA r={args.lora_r} (alpha {2 * args.lora_r}) on every Linear but the "

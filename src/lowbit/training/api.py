@@ -163,8 +163,10 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
                   trainable_params=trainable_parameters(peft_model),
                   optimizer_bytes=log.optimizer_bytes, examples=len(examples))
     output.write_record(out, record)
-    if merge:
+    if merge:  # on a copy: the returned model keeps its adapters
+        import copy
+
         from lowbit.training.merge import save_merged
 
-        save_merged(peft_model, tok, out / output.MERGED_DIR)
+        save_merged(copy.deepcopy(peft_model), tok, out / output.MERGED_DIR)
     return FinetuneResult(out, peft_model, tok, record["trainable_params"], log, seconds, record)

@@ -147,10 +147,10 @@ def train(model: nn.Module, examples: Sequence[Example], loss_fn: LossFn, s: Tra
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        log.losses.append(float(loss))
+        log.losses.append(float(loss.detach()))
         log.step = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         if folder is not None and (log.step % s.save_every == 0 or log.step == s.steps):
             save_state(folder, model, opt, log)
     bar.close()
