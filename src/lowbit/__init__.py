@@ -92,9 +92,14 @@ def load_model(source: str, *, verify: bool = True, **kwargs: Any):
     from lowbit.runtimes.onnxruntime_model import is_onnx_folder, load_onnx_model
     from lowbit.storage.checkpoint import is_checkpoint
     from lowbit.storage.checkpoint import load as _load
+    from lowbit.training.output import is_finetune_output
 
     if is_onnx_folder(source):
         return load_onnx_model(source)
+    if is_finetune_output(source):  # a fine-tune's folder: its base with the adapter applied
+        from lowbit.training.output import load_finetuned
+
+        return load_finetuned(source, verify=verify, **kwargs)
     if is_checkpoint(source):
         return _load(source, verify=verify, **kwargs)
     return _load_model(source, **kwargs)
@@ -115,6 +120,15 @@ def load(folder: str, **kwargs: Any):
     return _load(folder, **kwargs)
 
 
+def finetune(source: str, data: Any = None, out: str = "finetuned", **kwargs: Any):
+    """LoRA (peft) on a float model, QLoRA on a lowbit-quantized one (``scheme=``), or
+    ``recover=True``: adapters trained toward the float model's outputs on calibration text.
+    See :func:`lowbit.training.api.finetune`; the output folder loads with ``load_model``."""
+    from lowbit.training.api import finetune as _finetune
+
+    return _finetune(source, data, out, **kwargs)
+
+
 def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any) -> str:
     """Greedy (or sampled) continuation of ``prompt``; see :mod:`lowbit.models.generation`."""
     from lowbit.models.generation import generate as _generate
@@ -123,7 +137,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, **kwargs: Any)
 
 
 __all__ = [
-    "available_methods", "Calibration", "choose_qparams", "dequantize_codes", "formats",
+    "available_methods", "Calibration", "choose_qparams", "dequantize_codes", "finetune",
+    "formats",
     "generate", "get_format", "kernels", "load", "load_model", "methods", "QParams",
     "QuantRangeWarning", "QTensor",
     "quantize", "quantize_tensor", "quantize_with_qparams", "register_method", "save", "Scheme",

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.commands import evaluate as eval_commands
     from lowbit.commands import explain as explain_commands
     from lowbit.commands import export as export_commands
+    from lowbit.commands import finetune as finetune_commands
     from lowbit.commands import imatrix as imatrix_commands
     from lowbit.commands import models as model_commands
     from lowbit.commands import sweep as sweep_commands
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_commands.add_parsers(sub)
     explain_commands.add_parsers(sub)
     bench_commands.add_parsers(sub)
+    finetune_commands.add_parsers(sub)
 
     from lowbit.commands.demo import add_arguments as add_demo_arguments
 

@@ -98,13 +98,20 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             raise TypeError(f"QuantLinear takes floating-point input, got {x.dtype}")
+        if torch.is_grad_enabled() and x.requires_grad:
+            from lowbit.nn_grad import trainable_forward
+
+            return trainable_forward(self, x)  # the weight frozen; see lowbit.nn_grad
+        return self.run_kernel(x, None if self.bias is None else self.bias.to(x.dtype))
+
+    def run_kernel(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ W^T + bias`` by the kernel chosen for ``x``'s device and dtype (no autograd)."""
         entry = self._dispatch.get((x.device.type, x.dtype))
         if entry is None or entry[3] != registry.version():
             entry = self._resolve(x.device.type, x.dtype)
         kernel, options, label, _ = entry
         layout = self._runtime_layout(kernel, options, x.dtype) if kernel.prepare else {}
         self.kernels_ran.add(label)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
         return kernel.linear(x, self.qweight, bias, layout, options)
 
     def _resolve(self, device_type: str, dtype: torch.dtype

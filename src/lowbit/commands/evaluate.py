@@ -42,9 +42,12 @@ def check_data(settings: Any) -> None:
 
 
 def default_baseline(model: str) -> str | None:
-    """The unquantized source of a lowbit checkpoint (None for anything else)."""
+    """The unquantized source of a lowbit checkpoint or fine-tune (None for anything else)."""
     from lowbit.storage.checkpoint import is_checkpoint, read_metadata
+    from lowbit.training.output import eval_baseline, is_finetune_output
 
+    if is_finetune_output(model):  # a fine-tune: the float model it was trained from
+        return eval_baseline(model)
     if not is_checkpoint(model):
         return None
     src = read_metadata(model).get("source") or {}

@@ -88,6 +88,11 @@ class QTensor:
         return self.shape[0] * self.shape[1]
 
     @property
+    def device(self) -> torch.device:
+        """Where the packed codes are (peft places a layer's adapters by its ``qweight``)."""
+        return self.codes.device
+
+    @property
     def nbytes(self) -> int:
         """Bytes of storage: every stored tensor, exactly."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
