@@ -212,9 +212,11 @@ class QTensor:
             raise ValueError(f"{name}: input_scale is only for static activation schemes "
                              f"(atensor), not {self.scheme}")
         s = self.input_scale
-        if s.dtype != torch.float32 or tuple(s.shape) != (1,) or not bool((s >= 0).all()):
-            raise ValueError(f"{name}: input_scale should be one non-negative float32, got "
+        if s.dtype != torch.float32 or tuple(s.shape) != (1,):
+            raise ValueError(f"{name}: input_scale should be one float32, (1,), got "
                              f"{s.dtype} of shape {tuple(s.shape)}")
+        if s.device.type != "meta" and not bool(torch.isfinite(s).all() and (s >= 0).all()):
+            raise ValueError(f"{name}: input_scale should be finite and >= 0, got {s.tolist()}")
 
     def _validate_outliers(self, name: str) -> None:
         index, value = self.outlier_index, self.outlier_value

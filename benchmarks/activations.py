@@ -1,0 +1,172 @@
+"""Activation quantization on SmolLM2-135M and Gemma-3-270M: W8A16, W8A8 int8 (with and without
+SmoothQuant, dynamic and static), W8A8 fp8, LLM.int8 at thresholds 4/6/8, and bitsandbytes'
+own LLM.int8 (``bnb.nn.Linear8bitLt``) where it runs.
+
+Every row is scored on the same windows of an evaluation text against the float model's logits
+(computed once): perplexity, KL mean and p99, top-1 agreement; quality runs lowbit's layers
+through the reference kernel (as ``lowbit eval`` does). LLM.int8 rows count outlier features per
+layer during that pass. Decode tok/s is measured with the kernels the layers choose (cpu-w8a8
+for int8 W8A8/LLM.int8, cpu-int8 for W8A16, the reference with its weight cached otherwise)
+under ``flock /work/notes/timing.lock``. SmoothQuant and static scales calibrate on the
+calibration text only. A layer-by-layer comparison of lowbit's LLM.int8 with bitsandbytes' on
+the float model's own inputs to each Linear follows the table.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/activations.py   # -> results/activations.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the bnb adapter
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESULTS = Path(__file__).parent / "results" / "activations.md"
+MODELS = ["smollm2-135m", "gemma-3-270m"]
+CALIBRATION_TEXT = "moby-dick-ch001-060.txt"  # calibration only
+EVAL_TEXT = "moby-dick-ch061-100.txt"  # evaluation only
+LOCK = "/work/notes/timing.lock"
+# (label, scheme, method); None scheme: the float model; "bnb": bitsandbytes' Linear8bitLt
+ROWS = [
+    ("fp32", None, None),
+    ("W8A16 int8", "int8-sym-channel", "rtn"),
+    ("W8A8 int8 dynamic", "w8a8-int8", "rtn"),
+    ("W8A8 int8 dynamic + SmoothQuant", "w8a8-int8", "smoothquant"),
+    ("W8A8 int8 static", "w8a8-int8-static", "rtn"),
+    ("W8A8 int8 static + SmoothQuant", "w8a8-int8-static", "smoothquant"),
+    ("W8A8 fp8 dynamic", "w8a8-fp8", "rtn"),
+    ("LLM.int8 t=4", "llm-int8-thr4", "rtn"),
+    ("LLM.int8 t=6", "llm-int8", "rtn"),
+    ("LLM.int8 t=8", "llm-int8-thr8", "rtn"),
+    ("bitsandbytes LLM.int8 t=6", "bnb", None),
+]
+
+
+@contextlib.contextmanager
+def timing_lock(path: str = LOCK):
+    """The same lock ``flock /work/notes/timing.lock`` takes, held around a timing run."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build(name: str, scheme: str | None, method: str | None, calibration):
+    """A fresh model for one row."""
+    from tests.activations.bnb_reference import to_bnb
+
+    import lowbit
+    from lowbit.pipeline.plan import plan_layers
+
+    model, _ = lowbit.load_model(name)
+    if scheme == "bnb":
+        to_bnb(model, list(plan_layers(model, "int8-sym-channel").quantized), threshold=6.0)
+    elif scheme is not None:
+        static = "static" in scheme
+        lowbit.quantize(model, scheme, method=method, progress=False,
+                        calibration=calibration if method != "rtn" or static else None)
+    return model.eval()
+
+
+def score(model, cache, windows, is_lowbit: bool) -> dict:
+    """Quality through the reference kernel (lowbit rows) and outlier counts."""
+    from lowbit.eval import divergence
+    from lowbit.eval.activations import count_outliers
+    from lowbit.eval.suite import evaluation_kernels
+
+    kernels_ctx = evaluation_kernels(model) if is_lowbit else contextlib.nullcontext()
+    with torch.no_grad(), kernels_ctx, count_outliers(model) as outliers:
+        d = divergence(cache, model, windows, progress=False)
+    return {"ppl": d.ppl_quant, "ppl_base": d.ppl_base, "kld_mean": d.kld_mean,
+            "kld_stderr": d.kld_stderr, "kld_p99": d.kld_p99, "top1": d.top1_agreement,
+            "outliers": outliers.to_dict()}
+
+
+def speed(model, args) -> float:
+    from lowbit import kernels
+    from lowbit.eval.speed import measure_speed
+
+    if kernels.quant_layers(model):
+        kernels.configure(model, kernels.REFERENCE, cache_weight=True)
+    with timing_lock():
+        s = measure_speed(model, prompt_tokens=args.prompt, new_tokens=args.new_tokens,
+                          repeats=args.repeats, warmup=1)
+    return s.decode_tokens_per_s
+
+
+def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
+    from tests.activations.bnb_reference import bnb_runs, compare_layers
+
+    import lowbit
+    from lowbit.calibration import Calibration
+    from lowbit.data import read_text
+    from lowbit.eval import make_windows
+    from lowbit.eval.divergence import save_base_logits
+
+    base, tok = lowbit.load_model(name)
+    cal = Calibration.from_text(tok, CALIBRATION_TEXT, windows=args.cal_windows,
+                                length=args.cal_length)
+    windows = make_windows(tok, read_text(EVAL_TEXT), args.context,
+                           max_tokens=args.eval_windows * args.context)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = save_base_logits(base, windows, tmp, progress=False)
+        for label, scheme, method in ROWS:
+            if scheme == "bnb" and not bnb_runs():
+                rows.append({"model": name, "label": label, "skipped": "bnb did not run"})
+                continue
+            t0 = time.perf_counter()
+            model = build(name, scheme, method, cal)
+            row = {"model": name, "label": label, "scheme": scheme, "method": method,
+                   **score(model, cache, windows, scheme not in (None, "bnb"))}
+            row["decode_tok_s"] = speed(model, args)
+            row["seconds"] = time.perf_counter() - t0
+            print({k: v for k, v in row.items() if k != "outliers"}, flush=True)
+            rows.append(row)
+            del model
+    layers = compare_layers(base, tok, read_text(EVAL_TEXT), args.context) if bnb_runs() else []
+    return rows, layers
+
+
+def main(argv: list[str] | None = None) -> None:
+    from activations_report import render
+    from lowbit.storage.atomic import write_text_atomic
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--cal-windows", type=int, default=16)
+    p.add_argument("--cal-length", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=6)
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    load, t0 = os.getloadavg(), time.perf_counter()
+    rows, layers = [], {}
+    for name in args.models:
+        r, layers[name] = run_model(name, args)
+        rows += r
+    env = {"load": load, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+    write_text_atomic(args.out, render(rows, layers, args, env))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

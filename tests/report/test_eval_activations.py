@@ -1,0 +1,42 @@
+"""``lowbit quantize --scheme llm-int8`` then ``lowbit eval`` as a new user runs them: the
+checkpoint and the eval record say which threshold was used and count outlier features."""
+
+from __future__ import annotations
+
+import json
+
+from lowbit.cli import main
+
+
+def test_llm_int8_quantize_then_eval(tiny_hf_dir, data_dir, tmp_path, capsys) -> None:
+    ckpt = tmp_path / "ckpt"
+    assert main(["quantize", str(tiny_hf_dir), "--scheme", "llm-int8-thr0.5", "-o",
+                 str(ckpt)]) == 0
+    meta = json.loads((ckpt / "lowbit.json").read_text())
+    layer = next(iter(meta["layers"].values()))
+    assert layer["scheme"]["name"] == "llm-int8-thr0.5"
+    assert layer["scheme"]["activations"]["threshold"] == 0.5
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(ckpt), "--context", "64", "--max-tokens", "256", "--json",
+                 str(out), "--no-speed"]) == 0
+    assert "KL mean" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["activations"] == {"aint8-atoken-thr0.5": {
+        "format": "int8", "granularity": "token", "threshold": 0.5, "layers": 14}}
+    o = rec["outliers"]
+    assert len(o["layers"]) == 14 and o["mean_outliers_per_call"] > 0
+    for v in o["layers"].values():
+        assert v["threshold"] == 0.5 and v["calls"] > 0
+        assert 0 <= v["outliers_per_call"] <= v["outliers_union"] <= 128
+    assert rec["texts"]["moby-dick-ch061-100.txt"]["kld_mean"] > 0
+
+
+def test_weight_only_eval_records_no_activations(tiny_hf_dir, data_dir, tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    assert main(["quantize", str(tiny_hf_dir), "--scheme", "int8-sym-channel", "-o",
+                 str(ckpt)]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(ckpt), "--context", "64", "--max-tokens", "128", "--json",
+                 str(out), "--no-speed"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["activations"] is None and rec["outliers"] is None
