@@ -42,8 +42,6 @@ ROWS = [
     ("W8A16 int8", "int8-sym-channel", "rtn"),
     ("W8A8 int8 dynamic", "w8a8-int8", "rtn"),
     ("W8A8 int8 dynamic + SmoothQuant", "w8a8-int8", "smoothquant"),
-    ("W8A8 int8 static", "w8a8-int8-static", "rtn"),
-    ("W8A8 int8 static + SmoothQuant", "w8a8-int8-static", "smoothquant"),
     ("W8A8 fp8 dynamic", "w8a8-fp8", "rtn"),
     ("LLM.int8 t=4", "llm-int8-thr4", "rtn"),
     ("LLM.int8 t=6", "llm-int8", "rtn"),
@@ -101,13 +99,14 @@ def speed(model, args) -> float:
 
     if kernels.quant_layers(model):
         kernels.configure(model, kernels.REFERENCE, cache_weight=True)
-    with timing_lock():
-        s = measure_speed(model, prompt_tokens=args.prompt, new_tokens=args.new_tokens,
-                          repeats=args.repeats, warmup=1)
+    s = measure_speed(model, prompt_tokens=args.prompt, new_tokens=args.new_tokens,
+                      repeats=args.repeats, warmup=1)
     return s.decode_tokens_per_s
 
 
 def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
+    """Quality of every row first (no lock; quantized models saved to a temporary folder), then
+    every row's decode speed in one hold of the timing lock."""
     from tests.activations.bnb_reference import bnb_runs, compare_layers
 
     import lowbit
@@ -123,8 +122,8 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
                            max_tokens=args.eval_windows * args.context)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = save_base_logits(base, windows, tmp, progress=False)
-        for label, scheme, method in ROWS:
+        cache = save_base_logits(base, windows, Path(tmp) / "logits", progress=False)
+        for i, (label, scheme, method) in enumerate(ROWS):
             if scheme == "bnb" and not bnb_runs():
                 rows.append({"model": name, "label": label, "skipped": "bnb did not run"})
                 continue
@@ -132,11 +131,22 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
             model = build(name, scheme, method, cal)
             row = {"model": name, "label": label, "scheme": scheme, "method": method,
                    **score(model, cache, windows, scheme not in (None, "bnb"))}
-            row["decode_tok_s"] = speed(model, args)
             row["seconds"] = time.perf_counter() - t0
+            if scheme not in (None, "bnb"):
+                lowbit.save(model, Path(tmp) / f"row{i}")
             print({k: v for k, v in row.items() if k != "outliers"}, flush=True)
             rows.append(row)
             del model
+        with timing_lock(args.lock):
+            for i, row in enumerate(rows):
+                if "skipped" in row:
+                    continue
+                scheme = row["scheme"]
+                model = lowbit.load(Path(tmp) / f"row{i}")[0] if scheme not in (None, "bnb") \
+                    else build(name, scheme, None, None)
+                row["decode_tok_s"] = speed(model, args)
+                print(row["label"], row["decode_tok_s"], flush=True)
+                del model
     layers = compare_layers(base, tok, read_text(EVAL_TEXT), args.context) if bnb_runs() else []
     return rows, layers
 
@@ -154,18 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--lock", default=LOCK, help="the file the timing part holds flock on")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     load, t0 = os.getloadavg(), time.perf_counter()
     rows, layers = [], {}
-    for name in args.models:
+    for name in args.models:  # the page is written after each model
         r, layers[name] = run_model(name, args)
         rows += r
-    env = {"load": load, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
-    write_text_atomic(args.out, render(rows, layers, args, env))
-    print(f"wrote {args.out}")
+        env = {"load": load, "seconds": time.perf_counter() - t0,
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "cpu": platform.processor() or platform.machine()}
+        write_text_atomic(args.out, render(rows, layers, args, env))
+        print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,19 @@ def test_weight_only_eval_records_no_activations(tiny_hf_dir, data_dir, tmp_path
                  str(out), "--no-speed"]) == 0
     rec = json.loads(out.read_text())
     assert rec["activations"] is None and rec["outliers"] is None
+
+
+def test_sweep_table_marks_activation_bits() -> None:
+    from lowbit.eval.settings import activation_mark, summary_row
+    from lowbit.report.results import table_cells
+
+    acts = {"aint8-atoken-thr6": {"format": "int8", "granularity": "token", "threshold": 6.0,
+                                  "layers": 14}}
+    rec = {"name": "llm-int8", "scheme": "llm-int8", "activations": acts,
+           "bits_per_weight": 8.0}
+    assert activation_mark(rec) == " [A8 int8/token t=6]"
+    assert summary_row(rec)["label"] == "llm-int8 [A8 int8/token t=6]"
+    headers, rows = table_cells([rec, {"name": "int8-sym-channel", "scheme": "int8-sym-channel",
+                                       "activations": None, "bits_per_weight": 8.0}])
+    col = [r[headers.index("scheme")] for r in rows]
+    assert sorted(col) == ["int8-sym-channel", "llm-int8 [A8 int8/token t=6]"]
