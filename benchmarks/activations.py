@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import platform
 import sys
@@ -136,6 +137,7 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
                 lowbit.save(model, Path(tmp) / f"row{i}")
             print({k: v for k, v in row.items() if k != "outliers"}, flush=True)
             rows.append(row)
+            args.write(rows, {})  # partial results after every row
             del model
         with timing_lock(args.lock):
             for i, row in enumerate(rows):
@@ -146,6 +148,7 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
                     else build(name, scheme, None, None)
                 row["decode_tok_s"] = speed(model, args)
                 print(row["label"], row["decode_tok_s"], flush=True)
+                args.write(rows, {})
                 del model
     layers = compare_layers(base, tok, read_text(EVAL_TEXT), args.context) if bnb_runs() else []
     return rows, layers
@@ -166,17 +169,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lock", default=LOCK, help="the file the timing part holds flock on")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only render: one page from the JSON files of separate runs")
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     load, t0 = os.getloadavg(), time.perf_counter()
     rows, layers = [], {}
-    for name in args.models:  # the page is written after each model
-        r, layers[name] = run_model(name, args)
-        rows += r
+    if args.merge:  # pages of runs made separately (one model each), as one page
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [r for part in parts for r in part["rows"]]
+        layers = {k: v for part in parts for k, v in part["layers"].items()}
+        write_text_atomic(args.out, render(rows, layers, [p["args"] for p in parts],
+                                           [p["env"] for p in parts]))
+        return
+    saved = {k: v for k, v in vars(args).items() if k not in ("out", "merge")}
+
+    def write(new_rows: list[dict], new_layers: dict) -> None:
+        """The page and its JSON with every row so far (a run cut short keeps its rows)."""
         env = {"load": load, "seconds": time.perf_counter() - t0,
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "cpu": platform.processor() or platform.machine()}
-        write_text_atomic(args.out, render(rows, layers, args, env))
+        all_rows, all_layers = rows + new_rows, {**layers, **new_layers}
+        write_text_atomic(args.out.with_suffix(".json"), json.dumps(
+            {"rows": all_rows, "layers": all_layers, "args": saved, "env": env}, indent=1))
+        write_text_atomic(args.out, render(all_rows, all_layers, [saved], [env]))
+
+    args.write = write
+    for name in args.models:
+        r, layers[name] = run_model(name, args)
+        rows += r
+        write([], {})
         print(f"wrote {args.out}", flush=True)
 
 

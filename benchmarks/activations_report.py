@@ -14,9 +14,16 @@ def _outliers(row: dict[str, Any]) -> str:
     return f"{o['mean_outliers_per_call']:.1f} ({o['mean_outliers_union']:.1f})"
 
 
+def _speed(row: dict[str, Any], fp32: float | None) -> str:
+    tok_s = row.get("decode_tok_s")
+    if tok_s is None:
+        return "not measured | "
+    return f"{tok_s:.1f} | " + (f"{tok_s / fp32:.2f}x" if fp32 else "")
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    base = next(r for r in rows if r.get("scheme") is None and "ppl" in r)
-    fp32_speed = base["decode_tok_s"]
+    base = next((r for r in rows if r.get("scheme") is None and "ppl" in r), {})
+    fp32_speed = base.get("decode_tok_s")
     lines = ["| row | scheme (method) | PPL | ΔPPL | KL mean | KL p99 | top-1 agree | "
              "outlier features / layer | decode tok/s | vs fp32 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -30,7 +37,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['label']} | {scheme} | {r['ppl']:.3f} | {r['ppl'] - r['ppl_base']:+.3f} | "
             f"{r['kld_mean']:.5f} | {r['kld_p99']:.4f} | {r['top1']:.3f} | {_outliers(r)} | "
-            f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / fp32_speed:.2f}x |")
+            f"{_speed(r, fp32_speed)} |")
     return lines
 
 
@@ -53,33 +60,42 @@ def _layers(name: str, layers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(rows: list[dict[str, Any]], layers: dict[str, list[dict[str, Any]]], args: Any,
-           env: dict[str, Any]) -> str:
-    """The whole page."""
+def _setup(args: dict[str, Any], env: dict[str, Any]) -> list[str]:
     load = env["load"]
+    return [
+        f"- **{', '.join(args['models'])}**: {args['eval_windows']} windows of "
+        f"{args['context']} tokens of the evaluation text; calibration "
+        f"{args['cal_windows']} windows x {args['cal_length']} tokens; decode: prompt "
+        f"{args['prompt']}, {args['new_tokens']} new tokens, median of {args['repeats']}; "
+        f"{env['threads']} torch threads, {env['cpu']}, torch {env['torch']}, load average at "
+        f"start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, run "
+        f"{env['seconds'] / 60:.1f} min; command: `PYTHONPATH=src .venv/bin/python "
+        f"benchmarks/activations.py {' '.join(args['argv'])}`"]
+
+
+def render(rows: list[dict[str, Any]], layers: dict[str, list[dict[str, Any]]],
+           args: list[dict[str, Any]], env: list[dict[str, Any]]) -> str:
+    """The whole page; ``args``/``env``: one of each per run the rows come from."""
     out = [
         "# Activation quantization: W8A8 int8/fp8, LLM.int8, SmoothQuant", "",
-        "Produced by `benchmarks/activations.py`. Every row is scored on the same "
-        f"{args.eval_windows} windows of {args.context} tokens of the evaluation text "
-        "(moby-dick-ch061-100.txt; second half of each window scored) against the float "
-        "model's logits; lowbit's rows run through the reference kernel for quality, as "
-        "`lowbit eval` does. SmoothQuant (α = 0.5) and static scales calibrate on "
-        f"moby-dick-ch001-060.txt only ({args.cal_windows} windows x {args.cal_length} tokens).",
-        "",
+        "Produced by `benchmarks/activations.py`. Within a model every row is scored on the "
+        "same windows of the evaluation text (moby-dick-ch061-100.txt; second half of each "
+        "window scored) against the float model's logits; lowbit's rows run through the "
+        "reference kernel for quality, as `lowbit eval` does. SmoothQuant (α = 0.5) "
+        "calibrates on moby-dick-ch001-060.txt only. Few windows (the machine was shared by "
+        "several jobs, load 15-25 on 2 cores): KL differences within about two standard "
+        "errors are noise.", ""]
+    for a, e in zip(args, env):
+        out += _setup(a, e)
+    out += [
         "- outlier features / layer (LLM.int8 rows): input features with |x| >= threshold in a "
-        f"forward call of one window ({args.context} tokens), mean over calls and layers; in "
-        "brackets the features flagged in at least one call, mean over layers",
-        f"- decode tok/s: `measure_speed`, prompt {args.prompt}, {args.new_tokens} new tokens, "
-        f"median of {args.repeats}, batch 1, {env['threads']} torch threads, under "
-        "`flock /work/notes/timing.lock`; int8 W8A8 and LLM.int8 run the `cpu-w8a8` kernel "
-        "(`torch._int_mm`), W8A16 `cpu-int8` (bf16 activations), fp8 the reference kernel "
-        "with its dequantized weight cached (no fast fp8 matmul on this CPU), bitsandbytes its "
-        "own CPU ops",
-        f"- {env['cpu']}, torch {env['torch']}, load average at start {load[0]:.2f} / "
-        f"{load[1]:.2f} / {load[2]:.2f} (shared machine: speeds are lower bounds); whole run "
-        f"{env['seconds'] / 60:.1f} min",
-        "- command: `PYTHONPATH=src .venv/bin/python benchmarks/activations.py "
-        + " ".join(args.argv) + "`", ""]
+        "forward call of one window, mean over calls and layers; in brackets the features "
+        "flagged in at least one call, mean over layers",
+        "- decode tok/s: `measure_speed` at batch 1, under `flock /work/notes/timing.lock`; "
+        "int8 W8A8 and LLM.int8 run the `cpu-w8a8` kernel (`torch._int_mm`), W8A16 `cpu-int8` "
+        "(bf16 activations), fp8 the reference kernel with its dequantized weight cached (no "
+        "fast fp8 matmul on this CPU), bitsandbytes its own CPU ops. On this overloaded "
+        "machine speeds are rough lower bounds.", ""]
     for name in dict.fromkeys(r["model"] for r in rows):
         out += [f"## {name}", "", *_table([r for r in rows if r["model"] == name]), ""]
     out += ["## lowbit's LLM.int8 against bitsandbytes', layer by layer", "",
