@@ -8,9 +8,12 @@ so against the reference kernel (fake-quantized activations times the dequantize
 float) the only differences are float rounding; ``tests/activations/test_cpu_w8a8.py`` states
 the bound.
 
-Chosen by timing candidates on SmolLM2's shapes (``benchmarks/w8a8_ops.py``): ``torch._int_mm``
-with the weight codes stored (out, in) and passed transposed beat the same op on a contiguous
-(in, out) copy, fp32 ``F.linear`` and the weight-only ``_weight_int8pack_mm`` at batch 1.
+Chosen by timing candidates on SmolLM2's shapes (``benchmarks/w8a8_ops.py``, results in
+``benchmarks/results/w8a8_ops.md``): ``torch._int_mm`` with the weight codes stored (out, in) and
+passed transposed beat the same op on a contiguous (in, out) copy, fp32 ``F.linear``, the
+weight-only ``_weight_int8pack_mm`` and fbgemm at one token. The layer around it (per-token
+scales, rounding, rescale: a dozen small eager ops) costs several times the op itself at one
+token, so a fused quantize step is where more speed is.
 fbgemm's dynamic quantized linear (``torch.ops.quantized.linear_dynamic``) quantizes the
 activations per tensor, asymmetric uint8 with a 7-bit range: another scheme than any of these,
 so it is not used for them.
