@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only render: one page from the JSON files of separate runs")
+    p.add_argument("--speed-page", help="with --merge: append this `lowbit bench --markdown` "
+                   "output (its first line is the command that made it)")
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     load, t0 = os.getloadavg(), time.perf_counter()
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         rows = [r for part in parts for r in part["rows"]]
         layers = {k: v for part in parts for k, v in part["layers"].items()}
-        write_text_atomic(args.out, render(rows, layers, [p["args"] for p in parts],
-                                           [p["env"] for p in parts]))
+        page = render(rows, layers, [p["args"] for p in parts], [p["env"] for p in parts])
+        if args.speed_page:  # a `lowbit bench --markdown` page measured for these schemes
+            page += ("\n## Decode speed from `lowbit bench` (under the timing lock)\n\n"
+                     + Path(args.speed_page).read_text())
+        write_text_atomic(args.out, page)
         return
     saved = {k: v for k, v in vars(args).items() if k not in ("out", "merge")}
 
