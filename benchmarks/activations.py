@@ -125,6 +125,8 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = save_base_logits(base, windows, Path(tmp) / "logits", progress=False)
         for i, (label, scheme, method) in enumerate(ROWS):
+            if args.rows and label not in args.rows:
+                continue
             if scheme == "bnb" and not bnb_runs():
                 rows.append({"model": name, "label": label, "skipped": "bnb did not run"})
                 continue
@@ -150,7 +152,8 @@ def run_model(name: str, args) -> tuple[list[dict], list[dict]]:
                 print(row["label"], row["decode_tok_s"], flush=True)
                 args.write(rows, {})
                 del model
-    layers = compare_layers(base, tok, read_text(EVAL_TEXT), args.context) if bnb_runs() else []
+    layers = [] if args.skip_layers or not bnb_runs() else \
+        compare_layers(base, tok, read_text(EVAL_TEXT), args.context)
     return rows, layers
 
 
@@ -168,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lock", default=LOCK, help="the file the timing part holds flock on")
+    p.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows (by label); "
+                   "runs with the same window options score the same windows, so rows of "
+                   "separate runs compare (--merge)")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--skip-layers", action="store_true",
+                   help="leave out the layer-by-layer bitsandbytes comparison")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only render: one page from the JSON files of separate runs")
@@ -175,11 +184,19 @@ def main(argv: list[str] | None = None) -> None:
                    "output (its first line is the command that made it)")
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load, t0 = os.getloadavg(), time.perf_counter()
     rows, layers = [], {}
     if args.merge:  # pages of runs made separately (one model each), as one page
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        rows = [r for part in parts for r in part["rows"]]
+        order = {label: i for i, (label, _, _) in enumerate(ROWS)}
+        found: dict[tuple[str, str], dict] = {}
+        for r in (r for part in parts for r in part["rows"]):  # one row per label: the first,
+            key = (r["model"], r["label"])  # or the one that got its speed measured
+            if key not in found or ("decode_tok_s" in r and "decode_tok_s" not in found[key]):
+                found[key] = r
+        rows = sorted(found.values(), key=lambda r: (r["model"], order[r["label"]]))
         layers = {k: v for part in parts for k, v in part["layers"].items()}
         page = render(rows, layers, [p["args"] for p in parts], [p["env"] for p in parts])
         if args.speed_page:  # a `lowbit bench --markdown` page measured for these schemes

@@ -24,7 +24,7 @@ def _speed(row: dict[str, Any], fp32: float | None) -> str:
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     base = next((r for r in rows if r.get("scheme") is None and "ppl" in r), {})
     fp32_speed = base.get("decode_tok_s")
-    lines = ["| row | scheme (method) | PPL | ΔPPL | KL mean | KL p99 | top-1 agree | "
+    lines = ["| row | scheme (method) | PPL | ΔPPL | KL mean ± s.e. | KL p99 | top-1 agree | "
              "outlier features / layer | decode tok/s | vs fp32 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -36,7 +36,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             f"`{r['scheme']}`" + ("" if r["method"] == "rtn" else f" ({r['method']})"))
         lines.append(
             f"| {r['label']} | {scheme} | {r['ppl']:.3f} | {r['ppl'] - r['ppl_base']:+.3f} | "
-            f"{r['kld_mean']:.5f} | {r['kld_p99']:.4f} | {r['top1']:.3f} | {_outliers(r)} | "
+            f"{r['kld_mean']:.5f} ± {r['kld_stderr']:.5f} | {r['kld_p99']:.4f} | "
+            f"{r['top1']:.3f} | {_outliers(r)} | "
             f"{_speed(r, fp32_speed)} |")
     return lines
 
@@ -83,8 +84,9 @@ def render(rows: list[dict[str, Any]], layers: dict[str, list[dict[str, Any]]],
         "window scored) against the float model's logits; lowbit's rows run through the "
         "reference kernel for quality, as `lowbit eval` does. SmoothQuant (α = 0.5) "
         "calibrates on moby-dick-ch001-060.txt only. Few windows (the machine was shared by "
-        "several jobs, load 15-25 on 2 cores): KL differences within about two standard "
-        "errors are noise.", ""]
+        "several jobs, load average 25-35 on 2 cores; rows were "
+        "split over parallel runs with the same windows, `--rows`): KL differences within "
+        "about two standard errors are noise.", ""]
     for a, e in zip(args, env):
         out += _setup(a, e)
     out += [
