@@ -88,9 +88,17 @@ def compare_layers(model: nn.Module, tokenizer: Any, text: str, context: int,
     names = list(plan_layers(model, "int8-sym-channel").quantized)
     rows: list[dict[str, Any]] = []
 
+    busy = []  # compare_one calls the layer itself: its own call must not compare again
+
     def hook(name: str):
         def pre(module: nn.Module, args: tuple) -> None:
-            rows.append({"layer": name, **compare_one(module, args[0].detach(), threshold)})
+            if busy:
+                return
+            busy.append(name)
+            try:
+                rows.append({"layer": name, **compare_one(module, args[0].detach(), threshold)})
+            finally:
+                busy.pop()
         return pre
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
