@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = sorted(found.values(), key=lambda r: (r["model"], order[r["label"]]))
         layers = {k: v for part in parts for k, v in part["layers"].items()}
         page = render(rows, layers, [p["args"] for p in parts], [p["env"] for p in parts])
+        page += ("\nThis page: `PYTHONPATH=src .venv/bin/python benchmarks/activations.py "
+                 + " ".join(args.argv) + "` (the runs' JSON files are kept beside it).\n")
         if args.speed_page:  # a `lowbit bench --markdown` page measured for these schemes
             page += ("\n## Decode speed from `lowbit bench` (under the timing lock)\n\n"
                      + Path(args.speed_page).read_text())
