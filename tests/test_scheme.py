@@ -118,14 +118,14 @@ def test_json_content():
     assert d["block_size"] == 128 and d["symmetric"] is False
 
 
-@pytest.mark.parametrize("version", [None, 0, 3, "1", True])
+@pytest.mark.parametrize("version", [None, 0, 4, "1", True])
 def test_json_version_rejected(version):
     d = Scheme.parse("nf4-g64").to_json()
     if version is None:
         del d["version"]
     else:
         d["version"] = version
-    with pytest.raises(ValueError, match=f"version {version!r} is not supported.*versions 1 and 2"):
+    with pytest.raises(ValueError, match=f"version {version!r} is not supported.*versions 1 to 3"):
         Scheme.from_json(d)
 
 

@@ -35,6 +35,11 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
                      s.block_size or "", s.scale_format, round(qt.bits_per_weight, 4)])
     headers = ["scheme", "canonical", "element", "granularity", "block", "scale",
                "bits/weight (256x4096)"]
+    acts = [Scheme.parse(n).activations for n in args.names]
+    if any(acts):  # W8A8 names: what happens to the activations (weight-only: float)
+        headers.append("activations")
+        for row, act in zip(rows, acts):
+            row.append("float" if act is None else "-".join(act.tokens()))
     print(render_table(headers, rows, markdown=args.markdown))
     return 0
 

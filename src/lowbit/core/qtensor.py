@@ -21,6 +21,8 @@ Layout, for a weight of shape (out_features, in_features) and a scheme with G gr
 * ``perm``: int32 (in,), an input-column permutation (GPTQ's act-order): stored column k is
   column ``perm[k]`` of the original weight, and groups are formed over the stored order.
   :meth:`QTensor.dequantize` returns the weight in the original column order.
+* ``input_scale``: fp32 (1,), the static activation scale of a scheme with ``atensor``
+  activations (:mod:`lowbit.core.activations`), measured on calibration text.
 
 A ggml scheme (``q4_k``, ...) stores ``codes`` only: ggml's block bytes, (out, row bytes);
 see :mod:`lowbit.core.ggml_blocks`.
@@ -40,7 +42,7 @@ from lowbit.formats import IntFormat, get_format
 
 _TENSOR_FIELDS = (
     "codes", "scale", "zero", "scale_scale", "scale_mean", "tensor_scale",
-    "outlier_index", "outlier_value", "perm",
+    "outlier_index", "outlier_value", "perm", "input_scale",
 )
 
 
@@ -59,6 +61,7 @@ class QTensor:
     outlier_index: torch.Tensor | None = None
     outlier_value: torch.Tensor | None = None
     perm: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
 
     @classmethod
     def from_codes(
@@ -204,6 +207,21 @@ class QTensor:
             raise ValueError(f"{name}: outlier_index and outlier_value come together")
         if self.outlier_value is not None:
             self._validate_outliers(name)
+        self._validate_input_scale(name)
+
+    def _validate_input_scale(self, name: str) -> None:
+        act = self.scheme.activations
+        if self.input_scale is None:
+            return
+        if act is None or not act.static:
+            raise ValueError(f"{name}: input_scale is only for static activation schemes "
+                             f"(atensor), not {self.scheme}")
+        s = self.input_scale
+        if s.dtype != torch.float32 or tuple(s.shape) != (1,):
+            raise ValueError(f"{name}: input_scale should be one float32, (1,), got "
+                             f"{s.dtype} of shape {tuple(s.shape)}")
+        if s.device.type != "meta" and not bool(torch.isfinite(s).all() and (s >= 0).all()):
+            raise ValueError(f"{name}: input_scale should be finite and >= 0, got {s.tolist()}")
 
     def _validate_outliers(self, name: str) -> None:
         index, value = self.outlier_index, self.outlier_value
@@ -248,4 +266,6 @@ def required_parts(scheme: Scheme) -> set[str]:
     parts |= {"scale_scale", "scale_mean"} if scheme.double_quant else set()
     parts |= {"tensor_scale"} if scheme.tensor_scale else set()
     parts |= {"outlier_index", "outlier_value"} if scheme.outliers is not None else set()
+    parts |= {"input_scale"} if scheme.activations is not None and scheme.activations.static \
+        else set()
     return parts

@@ -3,6 +3,7 @@
 Grammar of a name (parts joined by ``-``, in this order)::
 
     FORMAT [sym|asym] (tensor|channel|gN) [SCALEscale] [zpint] [dq] [ts] [outK|outP%]
+           [(aint8|afp8) [atoken|atensor] [thrT]]
 
 * FORMAT: ``int2``..``int8``, ``nf4``, ``bnb-fp4``, ``fp8-e4m3``, ``fp8-e5m2``, ``fp6-e2m3``,
   ``fp6-e3m2``, ``fp4-e2m1``.
@@ -18,13 +19,16 @@ Grammar of a name (parts joined by ``-``, in this order)::
 * ``dq``: double quantization of the scales (QLoRA): int8 per 256 scales with an fp32 scale.
 * ``ts``: a second-level fp32 scale for the whole tensor (NVFP4).
 * ``outK`` / ``outP%``: keep the K (or P percent) largest-magnitude weights exactly (fp32).
+* activations: ``aint8``/``afp8`` quantize each Linear's input too, per token (``atoken``) or
+  per tensor from calibration (``atensor``); ``thrT``: LLM.int8. See :mod:`lowbit.core.activations`.
 
 ggml types: ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` .. ``q6_k`` are whole names
 (llama.cpp's block types, blocks and scales fixed by the type; a QTensor holds ggml's block bytes,
 see :mod:`lowbit.core.ggml_blocks`).
 
 Aliases: ``mxfp8``, ``mxfp6``, ``mxfp4`` (E8M0 scale per 32, OCP MX) and ``nvfp4`` (E4M3 scale
-per 16 plus an fp32 tensor scale). ``str(scheme)`` gives the canonical name back.
+per 16 plus an fp32 tensor scale); ``w8a8-int8``, ``w8a8-fp8``, ``w4a8``, ``llm-int8``, ...
+(:data:`ACT_ALIASES`). ``str(scheme)`` gives the canonical name back.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
 
+from lowbit.core import activations as _act
+from lowbit.core.activations import ACT_ALIASES, ActScheme
 from lowbit.formats import Format, IntFormat, get_format
 
 Granularity = Literal["tensor", "channel", "block"]
@@ -54,6 +60,7 @@ SCALE_FORMATS = ("fp32", "fp16", "bf16", "e8m0", "e4m3")
 MIN_BLOCK, MAX_BLOCK = 16, 256
 DQ_BLOCK = 256  # scales per second-level block under double quantization (QLoRA)
 SCHEME_JSON_VERSION = 2  # 2 added zero_point; version 1 (no zero_point) is still read
+ACT_JSON_VERSION = 3  # written only by schemes that quantize activations (3 added activations)
 
 ALIASES: dict[str, str] = {
     "mxfp8": "fp8-e4m3-g32-e8m0scale",
@@ -118,8 +125,11 @@ class Scheme:
     tensor_scale: bool = False
     outliers: Outliers | None = None
     zero_point: ZeroPointDomain = "float"  # "int": w = (code - zp) * scale; see module docstring
+    activations: ActScheme | None = None  # None: weight-only (activations stay float)
 
     def __post_init__(self) -> None:
+        if self.activations is not None and not isinstance(self.activations, ActScheme):
+            raise ValueError(f"activations must be an ActScheme, got {self.activations!r}")
         if self.format in GGML_FORMATS:
             self._fix_ggml_fields()
             return
@@ -175,7 +185,7 @@ class Scheme:
         fixed = {"granularity": "block", "block_size": GGML_FORMATS[self.format],
                  "symmetric": self.format not in _GGML_WITH_MIN, "scale_format": "fp16",
                  "double_quant": False, "tensor_scale": False, "outliers": None,
-                 "zero_point": "float"}
+                 "zero_point": "float", "activations": None}
         defaults = {"granularity": "tensor", "block_size": None, "symmetric": True,
                     "scale_format": None}
         for key, value in fixed.items():
@@ -236,7 +246,12 @@ class Scheme:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a scheme name must be a non-empty string, e.g. int4-asym-g128")
         text = name.strip().lower()
-        text = ALIASES.get(text, text)
+        text = ALIASES.get(text, ACT_ALIASES.get(text, text))
+        text = _act.expand_llm_int8(name, text)
+        for alias, long in {**ALIASES, **ACT_ALIASES}.items():
+            if text.startswith(alias + "-"):
+                raise ValueError(f"scheme {name!r}: the alias {alias!r} is a whole name and "
+                                 f"takes no further parts; spell it out instead: {long}-...")
         if text.split("-")[0] in GGML_FORMATS:
             if "-" in text:
                 raise ValueError(f"scheme {name!r}: the ggml type {text.split('-')[0]!r} is a "
@@ -262,8 +277,14 @@ class Scheme:
             )
         fields: dict[str, Any] = {"format": fmt}
         rest = text[len(fmt) + 1:]
+        act: dict[str, Any] = {}
         for token in rest.split("-") if rest else []:
-            cls._parse_token(name, token, fields)
+            if act and not _act.parse_act_token(name, token, act):
+                raise ValueError(f"scheme {name!r}: {token!r} after the activation parts; "
+                                 "activation parts (aint8|afp8, atoken|atensor, thrT) come last")
+            if not act and not _act.parse_act_token(name, token, act):
+                cls._parse_token(name, token, fields)
+        fields["activations"] = _act.act_scheme(name, act)
         try:
             return cls(**fields)
         except ValueError as err:
@@ -299,7 +320,8 @@ class Scheme:
             raise ValueError(
                 f"scheme {name!r}: unknown part {token!r}; valid parts: sym, asym, tensor, "
                 f"channel, gN (N in {MIN_BLOCK}..{MAX_BLOCK}), "
-                f"{', '.join(s + 'scale' for s in SCALE_FORMATS)}, zpint, dq, ts, outK, outP%"
+                f"{', '.join(s + 'scale' for s in SCALE_FORMATS)}, zpint, dq, ts, outK, outP%, "
+                "then activations: aint8|afp8, atoken|atensor, thrT"
             )
 
     def canonical(self) -> str:
@@ -321,6 +343,8 @@ class Scheme:
             parts.append("ts")
         if self.outliers is not None:
             parts.append(self.outliers.token())
+        if self.activations is not None:
+            parts.extend(self.activations.tokens())
         return "-".join(parts)
 
     def __str__(self) -> str:
@@ -328,30 +352,38 @@ class Scheme:
         for alias, target in ALIASES.items():
             if target == name:
                 return alias
-        return name
+        return _act.act_alias(name) or name
 
     # --- JSON ----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """A versioned JSON-able dict (the name plus every field, for readers without lowbit)."""
         d = asdict(self)
         d["outliers"] = asdict(self.outliers) if self.outliers else None
-        return {"version": SCHEME_JSON_VERSION, "name": str(self), **d}
+        if self.activations is None:
+            del d["activations"]  # weight-only schemes are written as before (version 2)
+            return {"version": SCHEME_JSON_VERSION, "name": str(self), **d}
+        d["activations"] = self.activations.to_json()
+        return {"version": ACT_JSON_VERSION, "name": str(self), **d}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scheme:
         """Inverse of :meth:`to_json`; also reads version 1 (before ``zero_point``: every zero
         point was a float); rejects unknown versions."""
         version = d.get("version")
-        if version not in (1, SCHEME_JSON_VERSION) or isinstance(version, bool):
+        if version not in (1, SCHEME_JSON_VERSION, ACT_JSON_VERSION) or isinstance(version, bool):
             raise ValueError(
                 f"scheme JSON version {version!r} is not supported (this lowbit reads "
-                f"versions 1 and {SCHEME_JSON_VERSION})"
+                f"versions 1 to {ACT_JSON_VERSION})"
             )
         fields = {k: v for k, v in d.items() if k not in ("version", "name")}
         if version == 1 and "zero_point" in fields:
             raise ValueError("scheme JSON version 1 has no zero_point field; found one")
         if fields.get("outliers"):
             fields["outliers"] = Outliers(**fields["outliers"])
+        if version != ACT_JSON_VERSION and "activations" in fields:
+            raise ValueError(f"scheme JSON version {version} has no activations; found some")
+        if fields.get("activations"):
+            fields["activations"] = ActScheme(**fields["activations"])
         return cls(**fields)
 
     def with_(self, **changes: Any) -> Scheme:
@@ -360,3 +392,4 @@ class Scheme:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True)
+

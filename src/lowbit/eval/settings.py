@@ -61,6 +61,7 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     grid = on_grid_tensors({n: v.get("rel_error") for n, v in (we.get("layers") or {}).items()})
     return {
         "name": rec["name"],
+        "label": rec["name"] + activation_mark(rec),
         "scheme": rec.get("scheme"),
         "method": record_method(rec),
         "bits_per_weight": rec.get("bits_per_weight"),
@@ -89,3 +90,14 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
         "n_layers": len(we.get("layers") or {}),
         "baseline": rec.get("baseline", False),
     }
+
+
+def activation_mark(rec: dict[str, Any]) -> str:
+    """`` [A8 int8/token t=6]``-style mark of a record whose layers quantize activations (what
+    the sweep's scheme column and plot labels add), empty for a weight-only one."""
+    acts = rec.get("activations") or {}
+    kinds = sorted({f"{a['format'].split('-')[0]}/"
+                    f"{'token' if a['granularity'] == 'token' else 'static'}"
+                    + ("" if a.get("threshold") is None else f" t={a['threshold']:g}")
+                    for a in acts.values()})
+    return f" [A8 {', '.join(kinds)}]" if kinds else ""

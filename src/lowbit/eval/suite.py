@@ -18,6 +18,7 @@ from torch import nn
 
 from lowbit import kernels
 from lowbit.core.module_tree import is_output_head
+from lowbit.eval.activations import activation_settings, count_outliers
 from lowbit.eval.artifact import on_grid_tensors
 from lowbit.eval.choice import choice_accuracy
 from lowbit.eval.divergence import divergence
@@ -115,9 +116,11 @@ def evaluate(
         layers = layer_table(model, None if reference is None else reference.model)
     rec.update(_sizes(model, layers, disk_bytes, is_baseline))
     kernels.reset_ran(model)
-    with evaluation_kernels(model):
+    with evaluation_kernels(model), count_outliers(model) as outliers:
         texts, results, choice = _quality(model, tokenizer, reference, settings, is_baseline,
                                           step)
+    rec["activations"] = activation_settings(model)
+    rec["outliers"] = outliers.to_dict()
     rec["kernels"] = kernels.tally(model)
     rec["texts"] = texts
     rec["summary"] = _summary(texts, results, reference, is_baseline)

@@ -40,7 +40,10 @@ class Traits:
     ``channel`` and ``block``; ``zero_point`` is whether the scheme stores zero points (asym);
     ``zero_point_domains`` which kind (``float``: ``code*scale + zero``, ``int``: ``(code - zp) *
     scale``; a symmetric scheme has ``none``); ``permuted`` whether the layer's input columns
-    are stored in another order (GPTQ's act-order ``perm``).
+    are stored in another order (GPTQ's act-order ``perm``); ``activations`` which activation
+    quantization it runs (``none`` for weight-only, else ``ActScheme.kind()``: ``int8-token``,
+    ``fp8-tensor``, ``int8-token-thr``, ...). Unlike the others it defaults to weight-only, so a
+    kernel that does not quantize activations is never chosen for a scheme that does.
     """
 
     kinds: frozenset[str] | None = None
@@ -55,6 +58,7 @@ class Traits:
     tensor_scale: bool | None = None
     outliers: bool | None = None
     permuted: bool | None = None
+    activations: frozenset[str] | None = frozenset({"none"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -72,6 +76,7 @@ class Traits:
             "double_quant": scheme.double_quant, "tensor_scale": scheme.tensor_scale,
             "outliers": scheme.outliers is not None, "permuted": permuted,
             "zero_point_domains": "none" if scheme.symmetric else scheme.zero_point,
+            "activations": "none" if scheme.activations is None else scheme.activations.kind(),
         }
         for name, value in have.items():
             want = getattr(self, name)

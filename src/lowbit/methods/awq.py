@@ -9,14 +9,10 @@ input channel (the paper uses the mean of ``|x|``; the RMS needs no extra statis
 ``ΔW = W - Q(W·diag s)·diag(s)⁻¹``, which is ``‖ΔW Xᵀ‖²/N``: no activation is kept. ``α = 0``
 (``s = 1``, plain RTN) is on the grid and wins ties, so the chosen loss is never above RTN's.
 
-Folding (:func:`fold_scales`; the model's function is unchanged before quantization): the
-Linears' input columns are multiplied by ``s`` and the operation before them divided by it:
-``input_layernorm`` before q/k/v, ``pre_feedforward_layernorm`` (Gemma-3) or
-``post_attention_layernorm`` before gate/up, ``v_proj``'s output rows before ``o_proj`` (only
-when their sizes match, i.e. no grouped-query attention) and ``up_proj``'s rows before
-``down_proj``. A norm computing ``x̂·w`` gets ``w/s`` (and ``b/s`` when it has a bias); Gemma's
-norms compute ``x̂·(1 + w)`` and get ``(1 + w)/s - 1``. A group whose modules are missing (fused
-``qkv_proj``, GQA for v/o) or not all planned is left unscaled.
+Folding (:mod:`lowbit.methods.folding`, shared with SmoothQuant; the model's function is
+unchanged before quantization): the Linears' input columns are multiplied by ``s`` and the
+operation before them (a norm or a Linear) divided by it. A group whose modules are missing
+(fused ``qkv_proj``, GQA for v/o) or not all planned is left unscaled.
 
 Clipping (per Linear, on the folded weight and its re-measured Hessian): each group's range is
 shrunk to ``±r·absmax`` for ``r`` from 1 down to ``max_shrink`` in ``clip_steps`` steps, and each
@@ -29,7 +25,6 @@ skip clipping.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +33,7 @@ from torch import nn
 from lowbit.core.grouping import check_weight
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
+from lowbit.methods.folding import fold_groups, fold_scales
 from lowbit.methods.registry import register_method
 from lowbit.methods.rtn import quantize_rtn
 
@@ -85,58 +81,6 @@ def search_scales(weights: Sequence[torch.Tensor], schemes: Sequence[Scheme], h:
         if best is None or loss < best[0]:
             best = (loss, s, i / grid)
     return best[1], best[2], losses
-
-
-@dataclass(frozen=True)
-class FoldGroup:
-    """Linears sharing an input (names inside the block) and the module before them."""
-
-    prev: str
-    linears: tuple[str, ...]
-
-
-def fold_groups(block: nn.Module) -> list[FoldGroup]:
-    """The groups of a decoder block AWQ can scale (see the module docstring)."""
-    names = dict(block.named_modules())
-    mlp_norm = "pre_feedforward_layernorm" if "pre_feedforward_layernorm" in names \
-        else "post_attention_layernorm"
-    groups = [FoldGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj",
-                                            "self_attn.v_proj")),
-              FoldGroup(mlp_norm, ("mlp.gate_proj", "mlp.up_proj")),
-              FoldGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-              FoldGroup("mlp.up_proj", ("mlp.down_proj",))]
-    found = []
-    for g in groups:
-        if g.prev not in names or any(n not in names for n in g.linears):
-            continue
-        width = {names[n].weight.shape[1] for n in g.linears}
-        prev = names[g.prev]
-        size = prev.weight.shape[0]
-        if len(width) == 1 and size == width.pop() and (isinstance(prev, nn.Linear)
-                                                        or prev.weight.dim() == 1):
-            found.append(g)
-    return found
-
-
-def fold_scales(block: nn.Module, group: FoldGroup, s: torch.Tensor) -> None:
-    """Multiply the group's input columns by ``s`` and divide the module before them by it."""
-    prev = block.get_submodule(group.prev)
-    s = s.to(torch.float32)
-    with torch.no_grad():
-        for n in group.linears:
-            w = block.get_submodule(n).weight
-            w.copy_((w.float() * s.to(w.device)).to(w.dtype))
-        w = prev.weight
-        sv = s.to(w.device)
-        if isinstance(prev, nn.Linear):
-            w.copy_((w.float() / sv[:, None]).to(w.dtype))
-        elif "gemma" in type(prev).__name__.lower():  # x̂·(1 + w)
-            w.copy_(((1.0 + w.float()) / sv - 1.0).to(w.dtype))
-        else:
-            w.copy_((w.float() / sv).to(w.dtype))
-        bias = getattr(prev, "bias", None)
-        if bias is not None:
-            bias.copy_((bias.float() / sv).to(bias.dtype))
 
 
 def awq_prepare(block: nn.Module, stats: Mapping[str, LayerStats],

@@ -10,8 +10,10 @@ statistics (None for a method that needs no data). Range problems of the scale f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from lowbit.core.activations import static_scale
 from lowbit.core.layer_record import LayerRecord
 from lowbit.core.range import range_checks
 from lowbit.core.scheme import Scheme
@@ -46,5 +48,27 @@ def quantize_layer(name: str, w: torch.Tensor, scheme: Scheme | str, method: Met
     settings)."""
     method = get_method(method)
     qt, q, issues = quantize_checked(name, w, scheme, method, stats, strict=strict)
+    attach_input_scale(qt, stats, name)
     return qt, LayerRecord.of_qtensor(name, qt, method.name, weight_error(w, q, name=name),
                                       warnings=issues, settings=method.settings())
+
+
+def attach_input_scale(qt: QTensor, stats: LayerStats | None, name: str) -> None:
+    """Store the static activation scale (``atensor``) of ``qt`` from calibration's ``act_max``;
+    nothing for other schemes."""
+    act = qt.scheme.activations
+    if act is None or not act.static:
+        return
+    if stats is None or stats.act_max is None:
+        raise ValueError(f"{name}: scheme {qt.scheme} quantizes activations with a static scale "
+                         "(atensor), measured on calibration text; give calibration (CLI: "
+                         "--calib) or use per-token activations (atoken)")
+    qt.input_scale = static_scale(stats.act_max, act).to(qt.codes.device)
+    qt.validate(name)
+
+
+def needs_for(plan_schemes: Iterable[Scheme], method: Method) -> frozenset[str]:
+    """The statistics calibration collects: the method's, plus ``act_max`` when a scheme takes
+    a static activation scale."""
+    static = any(s.activations is not None and s.activations.static for s in plan_schemes)
+    return frozenset(method.needs) | ({"act_max"} if static else frozenset())

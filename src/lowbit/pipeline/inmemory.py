@@ -24,7 +24,7 @@ from lowbit.core.module_tree import set_submodule
 from lowbit.core.scheme import Scheme
 from lowbit.methods.registry import Method, get_method
 from lowbit.nn import QuantLinear
-from lowbit.pipeline.driver import quantize_layer
+from lowbit.pipeline.driver import needs_for, quantize_layer
 from lowbit.pipeline.embeddings import plan_embedding, quantize_embedding
 from lowbit.pipeline.plan import plan_layers
 from lowbit.pipeline.tensor_plan import TensorPlan
@@ -142,15 +142,16 @@ def quantize(
 
     plan, emb = _plan(model, scheme, exclude, overrides, embedding)
     chosen = get_method(method)
-    _check_data(chosen, calibration, imatrix)
+    needs = needs_for(plan.values(), chosen)
+    _check_data(chosen, calibration, imatrix, needs)
     report = QuantizeReport()
     t0 = time.perf_counter()
     # first, so that calibration runs through the kept tensors as they will be stored
     round_kept_tensors(model, keep_dtype, skip=[*plan, *([emb[0]] if emb else [])])
     if imatrix is not None:
         _quantize_from_imatrix(model, plan, chosen, imatrix, report, strict, progress)
-    elif chosen.data_aware:
-        _quantize_calibrated(model, plan, chosen, calibration, report, strict, progress)
+    elif needs:
+        _quantize_calibrated(model, plan, chosen, calibration, report, strict, progress, needs)
     else:
         if calibration is not None:
             warnings.warn(f"method {chosen.name!r} needs no data; calibration is ignored",
@@ -168,7 +169,7 @@ def quantize(
 
 def _quantize_calibrated(model: nn.Module, plan: Mapping[str, Scheme], chosen: Method,
                          calibration: Calibration, report: QuantizeReport, strict: bool,
-                         progress: bool) -> None:
+                         progress: bool, needs: frozenset[str]) -> None:
     """Run the calibration block by block, quantizing each block's Linears from its statistics
     (after the method's block step, if it has one)."""
     from lowbit.calibration.sequential import calibrate_sequential
@@ -183,14 +184,17 @@ def _quantize_calibrated(model: nn.Module, plan: Mapping[str, Scheme], chosen: M
         return chosen.prepare(block, {n[cut:]: s for n, s in stats.items()},
                               {n[cut:]: plan[n] for n in stats}, name=prefix)
 
-    calibrate_sequential(model, plan, calibration, needs=chosen.needs, on_block=on_block,
+    calibrate_sequential(model, plan, calibration, needs=needs, on_block=on_block,
                          prepare=prepare if chosen.prepare_block else None, progress=progress)
 
 
 def _check_data(method: Method, calibration: Calibration | None,
-                imatrix: str | os.PathLike[str] | None) -> None:
-    """The data ``method`` needs is there: calibration, or an imatrix for an ``x2_mean``-only
-    method; ValueError saying what to pass otherwise."""
+                imatrix: str | os.PathLike[str] | None, needs: frozenset[str]) -> None:
+    """The data ``method`` (and a static activation scale) needs is there: calibration, or an
+    imatrix for an ``x2_mean``-only method; ValueError saying what to pass otherwise."""
+    if needs - method.needs and calibration is None:
+        raise ValueError("a static activation scale (atensor) is measured on calibration "
+                         "text: pass calibration=Calibration.from_texts(tokenizer, texts)")
     if imatrix is None:
         if method.data_aware and calibration is None:
             raise ValueError(f"method {method.name!r} needs calibration statistics "

@@ -97,7 +97,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], metric: str, path: str | Pa
     markers = method_markers(rows)
     for r, on in zip(rows, front):
         x, y = r["bits_per_weight"], r[metric]
-        text = r["name"] + (" (artifact)" if r["artifact"] else "")
+        text = r["label"] + (" (artifact)" if r["artifact"] else "")
         if cap is not None and y > cap:
             text += f" (PPL {y:.3g}, off scale)"
             y = cap

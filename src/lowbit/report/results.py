@@ -99,7 +99,7 @@ def note(row: dict[str, Any]) -> str:
 
 
 MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("scheme", "name", "s"),
+    ("scheme", "label", "s"),  # the row name, marked when activations are quantized
     ("method", "method", "s"),
     ("bits/w", "bits_per_weight", ".3f"),
     ("model bits/param", "model_bits_per_param", ".3f"),
