@@ -154,8 +154,8 @@ def write_md() -> None:
              f"{TOKENS} tokens of `{TEXT}` in windows of {CONTEXT}; max |Δlogit| on the first "
              "window against lowbit's reference kernel. compressed-tensors is read by its own "
              "decompressors (`lowbit.load_model`), bitsandbytes by transformers (Linear4bit, "
-             "bitsandbytes' bfloat16 CPU kernel, norms and embeddings cast to float32). Load time: the folder into the runtime, on "
-             "the CPU, under the timing lock.", "",
+             "bitsandbytes' bfloat16 CPU kernel, norms and embeddings cast to float32). "
+             "Load time: the folder into the runtime, on the CPU, under the timing lock.", "",
              "| model | target | scheme | size MB | written | max \\|Δlogit\\| | PPL target | "
              "PPL lowbit | Δ PPL | load s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
