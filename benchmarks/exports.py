@@ -167,6 +167,12 @@ def write_md() -> None:
                      f"{r['file_bytes'] / 1e6:.1f} | {written} | {r['max_dlogit']:.3g} | "
                      f"{r['ppl_target']:.3f} | {r['ppl_lowbit']:.3f} | {delta:+.2f} % | "
                      f"{load} |")
+    done = {(r["model"], r["scheme"], r["target"]) for r in rows}
+    missing = [f"{m} `{s}` {t.partition('+')[0]}" for m, s, t in ROWS
+               if (m, s, t.partition("+")[0]) not in done]
+    if missing:
+        lines += ["", f"Configured rows not measured yet ({len(missing)}; rerun the script, it "
+                  "resumes): " + "; ".join(missing) + "."]
     lines += ["", "vLLM is not installable here (no CUDA build in this environment): the "
               "compressed-tensors folders are checked with transformers and compressed-tensors "
               "only."]
