@@ -10,7 +10,8 @@ the same windows; load time (``--load-times``, a separate pass run under the tim
 Runtimes: compressed-tensors with compressed-tensors' own decompressors (``lowbit.load_model``;
 transformers' default route for symmetric/fp8 folders gives the same logits, see the tests),
 bitsandbytes as transformers loads it (Linear4bit, bitsandbytes' CPU kernel in bfloat16 on
-AVX512-BF16 machines, its float16 norms and embeddings as stored).
+AVX512-BF16 machines; the norms and embeddings, which transformers leaves in the file's
+float16, cast to float32: in float16 Gemma-3's logits are NaN).
 
     PYTHONPATH=src .venv/bin/python benchmarks/exports.py          # rows -> exports.jsonl
     flock /work/notes/timing.lock PYTHONPATH=src .venv/bin/python benchmarks/exports.py \
@@ -81,7 +82,11 @@ def _runtime(name: str, folder: Path):
     if name == "bnb":
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        for p in model.parameters():  # transformers keeps the file's float16 norms and
+            if p.is_floating_point():  # embeddings despite dtype=float32; Gemma-3 overflows
+                p.data = p.data.float()  # in float16 (NaN logits), so run them in float32
+        return model
     from lowbit.models import load_model
 
     return load_model(folder)[0]
@@ -149,8 +154,8 @@ def write_md() -> None:
              f"{TOKENS} tokens of `{TEXT}` in windows of {CONTEXT}; max |Δlogit| on the first "
              "window against lowbit's reference kernel. compressed-tensors is read by its own "
              "decompressors (`lowbit.load_model`), bitsandbytes by transformers (Linear4bit, "
-             "bitsandbytes' bfloat16 CPU kernel). Load time: the folder into the runtime, on "
-             "the CPU, under the timing lock.", "",
+             "bitsandbytes' bfloat16 CPU kernel, norms and embeddings cast to float32). "
+             "Load time: the folder into the runtime, on the CPU, under the timing lock.", "",
              "| model | target | scheme | size MB | written | max \\|Δlogit\\| | PPL target | "
              "PPL lowbit | Δ PPL | load s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -162,6 +167,12 @@ def write_md() -> None:
                      f"{r['file_bytes'] / 1e6:.1f} | {written} | {r['max_dlogit']:.3g} | "
                      f"{r['ppl_target']:.3f} | {r['ppl_lowbit']:.3f} | {delta:+.2f} % | "
                      f"{load} |")
+    done = {(r["model"], r["scheme"], r["target"]) for r in rows}
+    missing = [f"{m} `{s}` {t.partition('+')[0]}" for m, s, t in ROWS
+               if (m, s, t.partition("+")[0]) not in done]
+    if missing:
+        lines += ["", f"Configured rows not measured yet ({len(missing)}; rerun the script, it "
+                  "resumes): " + "; ".join(missing) + "."]
     lines += ["", "vLLM is not installable here (no CUDA build in this environment): the "
               "compressed-tensors folders are checked with transformers and compressed-tensors "
               "only."]
