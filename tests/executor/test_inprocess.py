@@ -53,3 +53,21 @@ def test_figures_drop_timing_at_any_depth() -> None:
     rec = {"name": "a", "seconds": 1.0, "speed": {"x": 1}, "memory": None,
            "texts": {"t": {"kld_mean": 0.5, "seconds": 2.0}}}
     assert figures(rec) == {"name": "a", "texts": {"t": {"kld_mean": 0.5}}}
+
+
+def test_a_jobs_info_lines_go_to_its_log_not_the_console(tmp_path, caplog) -> None:
+    import logging
+
+    def job(shared, what):
+        logging.getLogger("lowbit.test").log(what, "step %s", what)
+        return what
+
+    caplog.set_level(logging.WARNING)  # the console's level (the CLI without --verbose)
+    before = logging.getLogger("lowbit").level
+    with JobProgress(2, disable=True) as bar:
+        list(InProcessExecutor().run(job, None, [Job("a", (logging.INFO,)),
+                                                 Job("b", (logging.WARNING,))],
+                                     progress=bar, log_dir=tmp_path))
+    assert "step 20" in (tmp_path / "a.log").read_text()
+    assert [r.getMessage() for r in caplog.records] == ["step 30"]
+    assert logging.getLogger("lowbit").level == before

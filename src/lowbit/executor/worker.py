@@ -34,10 +34,14 @@ def run_job(fn: Any, shared: Any, args: tuple[Any, ...], log_path: Path | None, 
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("lowbit")
-    level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
+    level, propagate, was = logger.level, logger.propagate, logger.getEffectiveLevel()
+    extra = [handler]
+    if was > logging.INFO:  # INFO for the file; the console still sees only what it saw
         logger.setLevel(logging.INFO)
+        logger.propagate = False
+        extra.append(_PassOn(logger, was))
+    for h in extra:
+        logger.addHandler(h)
     t0 = time.perf_counter()
     try:
         logger.info("job %s attempt %d started: host %s pid %d", key, attempt,
@@ -50,9 +54,24 @@ def run_job(fn: Any, shared: Any, args: tuple[Any, ...], log_path: Path | None, 
                      traceback.format_exc())
         raise
     finally:
-        logger.removeHandler(handler)
+        for h in extra:
+            logger.removeHandler(h)
         logger.setLevel(level)
+        logger.propagate = propagate
         handler.close()
+
+
+class _PassOn(logging.Handler):
+    """Hands the parent logger's handlers the records at or above the level the logger had
+    before a job lowered it (so a job's INFO lines go to its log file alone)."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        super().__init__(level)
+        self.parent = logger.parent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.parent is not None:
+            self.parent.handle(record)
 
 
 def run_ray_job(fn: Any, box: list[Any], args: tuple[Any, ...], log_path: Path | None,
