@@ -97,7 +97,7 @@ def _table(runs: dict[str, dict[str, Any]], jobs: int) -> list[str]:
              "|---|---|---:|---:|---:|---:|---|"]
     for name, r in runs.items():
         shape = CONFIGS[name]
-        who = (f"1 x {os.environ.get('OMP_NUM_THREADS') or _threads()} (this process)"
+        who = (f"1 x {_threads()} (this process)"
                if shape is None else f"{shape[0] // shape[1]} x {shape[1]}")
         diff = _differences(r["records"], base["records"])
         same = "reference" if shape is None else (

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("where the jobs run (default: in this process, one at a time)")
+    g = p.add_argument_group("where the jobs run (sweep rows, sensitivity units; default: in "
+                             "this process, one at a time)")
     g.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
                    help="ray: each job a Ray task (a local cluster is started unless --ray "
                         "names one)")
