@@ -63,7 +63,7 @@ def _kill_first_running_job(jobs: Path, stop: threading.Event, killed: list[str]
 
 
 def test_a_killed_worker_costs_a_retry_not_a_row(cluster, tiny_llama, fast_settings,
-                                                  tmp_path) -> None:
+                                                  tmp_path, monkeypatch) -> None:
     from dataclasses import replace
 
     from lowbit.executor.ray_executor import RayExecutor
@@ -71,7 +71,8 @@ def test_a_killed_worker_costs_a_retry_not_a_row(cluster, tiny_llama, fast_setti
     fast_settings = replace(fast_settings, max_tokens=128)  # two windows a text
     here = run_sweep("tiny-llama", SCHEMES, tmp_path / "here", settings=fast_settings,
                      progress=False, loaded=tiny_llama)
-    out, stop, killed = tmp_path / "ray", threading.Event(), []
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as on a command line
+    out, stop, killed = Path("ray"), threading.Event(), []
     killer = threading.Thread(target=_kill_first_running_job,
                               args=(out / "jobs", stop, killed), daemon=True)
     killer.start()

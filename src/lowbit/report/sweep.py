@@ -183,7 +183,7 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         ran = []
         jobs = [Job(row.name, (row,)) for row in todo]
         for outcome in executor.run(sweep_row, shared, jobs, progress=bar,
-                                    log_dir=out / JOB_LOGS):
+                                    log_dir=out.resolve() / JOB_LOGS):
             if outcome.ok:
                 rec = outcome.value
                 rec["model"] = model_name
@@ -220,8 +220,10 @@ def _prepare(model_name: str, todo: list[Row], settings: EvalSettings, out: Path
     base.eval()
     cal = _calibration(todo, tok, calibration, records, jsonl)
     plans = _plans(base, tok, todo, candidates, out, not bar.bar.disable, step, executor)
+    # absolute: a worker reads the logits cache whatever its working directory
     ref = prepare_reference(base, tok, settings,
-                            cache_dir=out / CACHE_DIR if cache_logits else None, step=step)
+                            cache_dir=out.resolve() / CACHE_DIR if cache_logits else None,
+                            step=step)
     return SweepShared(ref, tok, settings, strict, cal, plans, embedding, executor.device)
 
 
