@@ -131,7 +131,9 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Any:
     if address is None:
         kw["num_cpus"] = workers or os.cpu_count() or 1
         env["PYTHONPATH"] = os.pathsep.join(_import_paths())
-    ray.init(address=address, runtime_env={"env_vars": env}, **kw)
+    # "local": always a new cluster of our own, never one found on this machine (ray start,
+    # RAY_ADDRESS), which ``num_cpus`` could not resize
+    ray.init(address=address or "local", runtime_env={"env_vars": env}, **kw)
     return ray
 
 
