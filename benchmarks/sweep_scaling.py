@@ -108,6 +108,11 @@ def _table(runs: dict[str, dict[str, Any]], jobs: int) -> list[str]:
     return lines
 
 
+def _outside(run: dict[str, Any]) -> float:
+    """Wall seconds not spent inside a job (jobs one at a time)."""
+    return run["wall"] - sum(r["seconds"] for r in run["records"].values())
+
+
 def _threads() -> int:
     import torch
 
@@ -136,8 +141,17 @@ def _report(args: argparse.Namespace, runs: dict[str, dict[str, Any]], schemes: 
     ]
     if "ray 1x2" in runs:
         over = (runs["ray 1x2"]["wall"] - runs["in-process"]["wall"]) / jobs
-        lines += [f"Overhead per job (ray 1x2 minus in-process, same threads, one job at a "
-                  f"time): {over:+.2f} s.", ""]
+        lines += [f"Overhead per job, all in (ray 1x2 minus in-process: same threads, one job "
+                  f"at a time): {over:+.2f} s.", ""]
+    serial = [n for n in ("ray 1x2", "ray 1x1") if n in runs]
+    if serial:
+        driver = _outside(runs["in-process"])  # the driver's own work: plan, logits, report
+        lines += ["Dispatch overhead per job (wall time spent neither inside a job nor in the "
+                  "driver's own work, which in-process is its wall time less its jobs' time; "
+                  "it includes each worker process's first import and its one read of the "
+                  "shared model): " + ", ".join(
+                      f"{n} {(_outside(runs[n]) - driver) / jobs:+.2f} s" for n in serial)
+                  + ".", ""]
     if "ray 2x1" in runs:
         ratio = runs["ray 2x1"]["wall"] / runs["in-process"]["wall"]
         lines += [f"Two workers of one thread each against in-process with "
