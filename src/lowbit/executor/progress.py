@@ -26,6 +26,10 @@ class JobProgress:
     def note(self, text: str) -> None:
         self.bar.set_description(text[:60], refresh=True)
 
+    def note_running(self) -> None:
+        """The description as the jobs running now (an executor whose jobs log elsewhere)."""
+        self.note("running: " + ", ".join(sorted(self.running)) if self.running else "done")
+
     def started(self, key: str) -> None:
         self.running.add(key)
         self._show()

@@ -103,6 +103,7 @@ class RayExecutor:
                                   tries[job.key], threads)
                 inflight[ref] = (job, tries[job.key], time.perf_counter())
                 progress.started(job.key)
+            progress.note_running()
             ready, _ = ray.wait(list(inflight), num_returns=1)
             job, attempt, t0 = inflight.pop(ready[0])
             try:
