@@ -8,7 +8,10 @@ One model (SmolLM2-135M by default), loaded once and handed to every run; the sa
 - ``ray 1x2``: a local cluster of 2 CPUs, one job at a time with 2 CPUs (2 torch threads):
   the same parallelism as in-process, so its extra time is the executor's overhead;
 - ``ray 1x1``: a 1-CPU cluster, one job at a time with 1 thread;
-- ``ray 2x1``: a 2-CPU cluster, two jobs at once with 1 thread each.
+- ``ray 2x1``: a 2-CPU cluster, two jobs at once with 1 thread each;
+- ``in-process 1t``: in this process, each job with 1 thread (the driver's own work with
+  torch's default, as for the Ray runs): the reference for the 1-thread rows, since float sums
+  in matmuls depend on the thread count.
 
 Each sweep's wall time covers everything ``run_sweep`` does (the token plan, the baseline's
 logits written once by the driver, every row, the report); starting the cluster is timed
@@ -39,7 +42,10 @@ SCHEMES = ("int8-sym-channel,int8-asym-channel,fp8-e4m3-channel,int4-asym-g64,in
            "nf4-g64,q8_0,q6_k,q4_k,q4_0")
 #: name -> (cluster CPUs, CPUs per job); None: in this process
 CONFIGS: dict[str, tuple[int, int] | None] = {
-    "in-process": None, "ray 1x2": (2, 2), "ray 1x1": (1, 1), "ray 2x1": (2, 1)}
+    "in-process": None, "in-process 1t": None, "ray 1x2": (2, 2), "ray 1x1": (1, 1),
+    "ray 2x1": (2, 1)}
+#: torch threads per job of each configuration (None: torch's default in this process)
+THREADS = {"in-process": None, "in-process 1t": 1, "ray 1x2": 2, "ray 1x1": 1, "ray 2x1": 1}
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -63,6 +69,10 @@ def _run(name: str, loaded: Any, schemes: list[str], settings: Any, folder: Path
         connect(workers=shape[0])
         start = time.perf_counter() - t0
         executor = RayExecutor(num_cpus=shape[1], retries=0)
+    if name == "in-process 1t":  # the driver's work as usual, each job with 1 thread
+        from lowbit.executor import InProcessExecutor
+
+        executor = InProcessExecutor(threads=1)
     try:
         t0 = time.perf_counter()
         res = run_sweep(model, schemes, folder / name.replace(" ", "-"), settings=settings,
@@ -93,19 +103,32 @@ def _differences(mine: dict[str, Any], ref: dict[str, Any]) -> list[str]:
 def _table(runs: dict[str, dict[str, Any]], jobs: int) -> list[str]:
     base = runs["in-process"]
     lines = ["| configuration | workers x threads | cluster start s | sweep wall s | ratio to "
-             "in-process | mean s inside a job | rows identical to in-process |",
+             "in-process | mean s inside a job | rows identical to in-process at the same "
+             "threads |",
              "|---|---|---:|---:|---:|---:|---|"]
     for name, r in runs.items():
         shape = CONFIGS[name]
-        who = (f"1 x {_threads()} (this process)"
+        who = (f"1 x {THREADS[name] or _threads()} (this process)"
                if shape is None else f"{shape[0] // shape[1]} x {shape[1]}")
-        diff = _differences(r["records"], base["records"])
-        same = "reference" if shape is None else (
-            f"yes, {jobs} of {jobs}" if not diff else f"no: {'; '.join(diff)}")
+        same = _same(name, runs, jobs)
         inside = sum(x["seconds"] for x in r["records"].values()) / jobs
         lines.append(f"| {name} | {who} | {r['start']:.1f} | {r['wall']:.1f} | "
                      f"{r['wall'] / base['wall']:.2f} | {inside:.2f} | {same} |")
     return lines
+
+
+def _same(name: str, runs: dict[str, dict[str, Any]], jobs: int) -> str:
+    """Whether each row's figures equal the in-process run's with as many threads per job
+    (float sums in matmuls depend on the thread count, so 1 and 2 threads may differ in the
+    last digits)."""
+    if name.startswith("in-process"):
+        return "reference"
+    ref = next((n for n in ("in-process", "in-process 1t") if n in runs and
+                (THREADS[n] or _threads()) == THREADS[name]), None)
+    if ref is None:
+        return "no in-process run with these threads"
+    diff = _differences(runs[name]["records"], runs[ref]["records"])
+    return f"yes, {jobs} of {jobs} ({ref})" if not diff else f"no ({ref}): {'; '.join(diff)}"
 
 
 def _outside(run: dict[str, Any]) -> float:
@@ -143,6 +166,11 @@ def _report(args: argparse.Namespace, runs: dict[str, dict[str, Any]], schemes: 
         over = (runs["ray 1x2"]["wall"] - runs["in-process"]["wall"]) / jobs
         lines += [f"Overhead per job, all in (ray 1x2 minus in-process: same threads, one job "
                   f"at a time): {over:+.2f} s.", ""]
+    if "in-process 1t" in runs:
+        diff = _differences(runs["in-process 1t"]["records"], runs["in-process"]["records"])
+        lines += ["In this process with 1 thread against 2: " + (
+            "every row identical." if not diff else "rows differ in the last digits (float "
+            "sums in matmuls depend on the thread count): " + "; ".join(diff) + "."), ""]
     serial = [n for n in ("ray 1x2", "ray 1x1") if n in runs]
     if serial:
         driver = _outside(runs["in-process"])  # the driver's own work: plan, logits, report

@@ -71,3 +71,16 @@ def test_a_jobs_info_lines_go_to_its_log_not_the_console(tmp_path, caplog) -> No
     assert "step 20" in (tmp_path / "a.log").read_text()
     assert [r.getMessage() for r in caplog.records] == ["step 30"]
     assert logging.getLogger("lowbit").level == before
+
+
+def test_inprocess_threads_apply_inside_jobs_only() -> None:
+    import torch
+
+    def job(shared, _):
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    with JobProgress(1, disable=True) as bar:
+        got = [o.value for o in InProcessExecutor(threads=1).run(job, None, [Job("a", (0,))],
+                                                                  progress=bar)]
+    assert got == [1] and torch.get_num_threads() == before
