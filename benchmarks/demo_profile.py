@@ -95,7 +95,7 @@ def worker(model_name: str, rows: list[str], threads: int | None) -> dict:
     from lowbit.eval import reference as reference_mod
     from lowbit.eval.suite import evaluate
     from lowbit.nn import QuantLinear
-    from lowbit.report.sweep import _make_row
+    from lowbit.report.sweep_job import make_row as _make_row
 
     clock = Clock()
     inner = Inner(clock)

@@ -13,14 +13,18 @@ measures every pair. Any pair already measured is used as measured.
 Results go to a JSON cache under the lowbit cache folder, keyed by the model's weights and the
 calibration tokens, written after every unit, so a second budget (or an interrupted run)
 costs only what is not measured yet. KL is taken as additive over units: interactions are
-handled afterwards, on the allocated plan, by :mod:`lowbit.budget.refine`."""
+handled afterwards, on the allocated plan, by :mod:`lowbit.budget.refine`.
+
+Each unit is one job of an executor (:mod:`lowbit.executor`; default: in this process). For a
+remote executor the float model's probabilities, the hidden states entering each block and the
+inputs' x² are computed first, once, and shared with the workers, which never recompute them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +38,9 @@ from lowbit.calibration.windows import Calibration
 from lowbit.core.scheme import Scheme
 from lowbit.methods.rtn import quantize_rtn
 from lowbit.storage.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from lowbit.executor import Executor
 
 __all__ = ["DEFAULT_ANCHORS", "LENGTH", "WINDOWS", "Sensitivity", "default_calibration",
            "measure_sensitivity", "sensitivity_units", "unit_candidates"]
@@ -82,17 +89,29 @@ class _Runs:
         self._runner: SuffixRunner | None = None
         self._ref: KLReference | None = None
 
-    def proxy(self, unit: str, w: torch.Tensor, deq: torch.Tensor) -> float:
+    def prepare(self) -> _Runs:
+        """Compute everything now (before handing this to other processes)."""
+        self._ensure_x2()
+        self._ensure_runner()
+        return self
+
+    def _ensure_x2(self) -> None:
         if self._x2 is None:
             self._x2 = unit_x2(self.model, self.units, self.calibration)
+
+    def _ensure_runner(self) -> None:
+        if self._runner is None:
+            self._runner = SuffixRunner(self.model, self.calibration.batches())
+            self._ref = KLReference(self._runner.logits(None))
+
+    def proxy(self, unit: str, w: torch.Tensor, deq: torch.Tensor) -> float:
+        self._ensure_x2()
         err = (deq.float() - w.detach().float()).square()
         return proxy_value(err, self.units[unit], self.emb, self._x2, self.tokens)
 
     def kl(self, unit: str, w: torch.Tensor, deq: torch.Tensor) -> tuple[float, float]:
         """Mean KL per token (and its standard error) with ``w`` replaced by ``deq``."""
-        if self._runner is None:
-            self._runner = SuffixRunner(self.model, self.calibration.batches())
-            self._ref = KLReference(self._runner.logits(None))
+        self._ensure_runner()
         original = w.data
         w.data = deq
         try:
@@ -122,14 +141,27 @@ def _unit(unit: str, w: torch.Tensor, schemes: list[Scheme], entries: dict[str, 
     return runs_now
 
 
+def unit_job(runs: _Runs, unit: str, schemes: list[str], entries: dict[str, dict],
+             anchors: int | None) -> tuple[dict[str, dict], int]:
+    """One unit as an executor job: its entries filled in, and the number of KL runs."""
+    w = runs.model.get_submodule(runs.units[unit][0]).weight
+    entries = {k: dict(v) for k, v in entries.items()}
+    n = _unit(unit, w, [Scheme.parse(s) for s in schemes], entries, runs, anchors)
+    return entries, n
+
+
 def measure_sensitivity(model: nn.Module, calibration: Calibration, candidates: list[str],
                         *, anchors: int | None = DEFAULT_ANCHORS, cache: bool = True,
-                        progress: bool = True, only: list[str] | None = None) -> Sensitivity:
+                        progress: bool = True, only: list[str] | None = None,
+                        executor: Executor | None = None) -> Sensitivity:
     """KL and bytes of every unit of the float ``model`` under every candidate scheme
     (measured at ``anchors`` schemes per unit and placed by the proxy; None: all measured).
-    ``only``: these units alone (a KeyError names one the model lacks)."""
-    from tqdm import tqdm
+    ``only``: these units alone (a KeyError names one the model lacks). ``executor``: where
+    each unit's job runs (default: here); a unit that fails every attempt raises at the end,
+    after the others are measured and cached."""
+    from lowbit.executor import InProcessExecutor, Job, JobProgress
 
+    executor = executor or InProcessExecutor()
     schemes = [Scheme.parse(c) for c in candidates]
     units = every = sensitivity_units(model)
     if only is not None:
@@ -141,22 +173,38 @@ def measure_sensitivity(model: nn.Module, calibration: Calibration, candidates: 
     result = Sensitivity(units, {u: w.numel() for u, w in weights.items()})
     path = _cache_file(model, calibration) if cache else None
     stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    per_unit = {u: [str(s) for s in unit_candidates(w, schemes)] for u, w in weights.items()}
+    jobs = [Job(u, (u, per_unit[u], stored.get(u, {}), anchors)) for u in weights]
     runs = _Runs(model, calibration, every)
-    per_unit = {u: unit_candidates(w, schemes) for u, w in weights.items()}
-    bar = tqdm(total=sum(map(len, per_unit.values())), desc="sensitivity", unit="pair",
-               disable=not progress)
-    with bar:
-        for unit, w in weights.items():
-            entries = stored.setdefault(unit, {})
-            before = json.dumps(entries, sort_keys=True)
-            result.measured += _unit(unit, w, per_unit[unit], entries, runs, anchors)
-            if path is not None and json.dumps(entries, sort_keys=True) != before:
+    if executor.name != "inprocess" and any(_needs_runs(stored.get(u, {}), per_unit[u], anchors)
+                                            for u in weights):
+        runs.prepare()  # the float model's side, once, before it is shared
+    failed = []
+    with JobProgress(len(jobs), desc="sensitivity", unit="unit", disable=not progress) as bar:
+        for outcome in executor.run(unit_job, runs, jobs, progress=bar):
+            if not outcome.ok:
+                failed.append(f"{outcome.key}: {outcome.error}")
+                continue
+            entries, n = outcome.value
+            result.measured += n
+            if path is not None and entries != stored.get(outcome.key):
+                stored[outcome.key] = entries
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(path, json.dumps(stored))
-            _fill(result, unit, {str(s): entries[str(s)] for s in per_unit[unit]})
-            bar.update(len(per_unit[unit]))
-            bar.set_postfix(kl_runs=result.measured)
+            stored[outcome.key] = entries
+    if failed:
+        raise RuntimeError(f"sensitivity: {len(failed)} units failed every attempt (the others "
+                           f"are cached; rerun to measure these): {'; '.join(failed[:3])}")
+    for unit in weights:  # in the model's order, whatever order the jobs finished in
+        _fill(result, unit, {s: stored[unit][s] for s in per_unit[unit]})
     return result
+
+
+def _needs_runs(entries: dict[str, dict], schemes: list[str], anchors: int | None) -> bool:
+    """Whether a unit still has anything to measure (a cached unit needs no float model)."""
+    have = sum("kl" in entries.get(s, {}) for s in schemes)
+    want = len(schemes) if anchors is None else min(anchors, len(schemes))
+    return have < want or any("proxy" not in entries.get(s, {}) for s in schemes)
 
 
 def _fill(result: Sensitivity, unit: str, entries: dict[str, dict]) -> None:

@@ -91,8 +91,11 @@ def quantize_to_budget(args: argparse.Namespace, out: Path, method, keep):
 
         sens = measure_proxy(model, cal, candidates(args))
     else:
+        from lowbit.commands.executor_options import executor_from_args
+
         sens = measure_sensitivity(model, cal, candidates(args),
-                                   anchors=args.sensitivity_anchors)
+                                   anchors=args.sensitivity_anchors,
+                                   executor=executor_from_args(args))
     fixed = _gguf_fixed(model, sens, keep) if args.target_file == "gguf" else None
     plan = budget_plan(model, sens, target_bytes=target, target_bpw=args.target_bpw,
                        keep_dtype=keep, fixed=fixed)

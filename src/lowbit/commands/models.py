@@ -297,6 +297,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.commands.budget import add_budget_arguments
 
     add_budget_arguments(p)
+    from lowbit.commands.executor_options import add_executor_arguments
+
+    add_executor_arguments(p)  # where --target-*'s sensitivity units run
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer table of a lowbit checkpoint")

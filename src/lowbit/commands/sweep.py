@@ -11,6 +11,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lowbit.commands.budget import candidates
     from lowbit.commands.calibration_options import calib_tokens, calibration_from_args
     from lowbit.commands.evaluate import check_data, settings_from_args
+    from lowbit.commands.executor_options import executor_from_args
     from lowbit.report.sweep import run_sweep
 
     schemes = _names(args.schemes or [])
@@ -23,6 +24,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_data(settings)
     calib_tokens(args)  # conflicting calibration options fail before any work
+    executor = executor_from_args(args)
 
     def calibration(tokenizer):
         return calibration_from_args(args, tokenizer, what="a data-aware method")
@@ -31,12 +33,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        baseline_rows=not args.no_baseline_rows, cache_logits=not args.no_cache,
                        force=args.force, progress=not args.no_progress, strict=args.strict,
                        methods=methods, calibration=calibration, budgets=budgets,
-                       candidates=candidates(args) if budgets else None)
+                       candidates=candidates(args) if budgets else None, executor=executor)
     sys.stdout.write(result.results_md.read_text(encoding="utf-8"))
     print(f"\n{len(result.ran)} rows evaluated now, {len(result.records) - len(result.ran)} "
           f"from earlier runs, in {result.seconds:.0f} s")
     print(f"report: {result.report_html.resolve()}")
-    return 0
+    for rec in result.failed:
+        print(f"FAILED {rec['name']} after {rec.get('attempts')} attempts: {rec.get('error')} "
+              f"(log: {args.output}/jobs/)", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _names(items: list[str]) -> list[str]:
@@ -47,6 +52,7 @@ def _names(items: list[str]) -> list[str]:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lowbit.commands.calibration_options import add_calibration_arguments
     from lowbit.commands.evaluate import add_eval_options
+    from lowbit.commands.executor_options import add_executor_arguments
 
     p = sub.add_parser("sweep", help="quantize and evaluate a model under each of many schemes "
                                      "(and methods)")
@@ -75,4 +81,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="stop when a scale format saturates or underflows on some block of a "
                         "row (rows already finished are kept), instead of warning")
     add_calibration_arguments(p)
+    add_executor_arguments(p)
     p.set_defaults(handler=cmd_sweep)

@@ -49,7 +49,7 @@ def _target(label: str) -> dict[str, Any]:
 
 
 def make_plans(base: nn.Module, tokenizer: Any, labels: Sequence[str], candidates: list[str],
-               out: Path, *, progress: bool = True) -> dict[str, Any]:
+               out: Path, *, progress: bool = True, executor: Any = None) -> dict[str, Any]:
     """Row label -> (TensorPlan, record extras) for each budget row, from one sensitivity
     measurement of ``base``; the sensitivity files are written into ``out``."""
     from lowbit.budget.plan import budget_plan
@@ -60,7 +60,7 @@ def make_plans(base: nn.Module, tokenizer: Any, labels: Sequence[str], candidate
         raise ValueError("--budgets: the model has no tokenizer, and sensitivity needs "
                          "calibration text")
     cal = default_calibration(tokenizer)
-    sens = measure_sensitivity(base, cal, candidates, progress=progress)
+    sens = measure_sensitivity(base, cal, candidates, progress=progress, executor=executor)
     plans, chosen = {}, {}
     for label in labels:
         plan = budget_plan(base, sens, **_target(label))

@@ -77,6 +77,55 @@ def read_records(path: str | Path, *, repair: bool = False) -> list[dict[str, An
     return out
 
 
+#: record keys that time or size a run's process rather than measure the row
+TIMING_KEYS = frozenset({"seconds", "speed", "memory"})
+
+
+def figures(record: Any) -> Any:
+    """A record without its timing keys (at any depth): what two runs of a row must agree on."""
+    if isinstance(record, dict):
+        return {k: figures(v) for k, v in record.items() if k not in TIMING_KEYS}
+    if isinstance(record, list):
+        return [figures(v) for v in record]
+    return record
+
+
+def failed_record(name: str, model: str, settings: dict[str, Any], error: str | None,
+                  attempts: int, embedding: str | None = None) -> dict[str, Any]:
+    """The record of a row that failed every attempt: kept in results.jsonl (so the failure
+    and its error are on file), left out of the tables, and tried again by the next run."""
+    from lowbit.eval.settings import SCHEMA
+
+    rec = {"schema": SCHEMA, "name": name, "model": model, "settings": settings,
+           "failed": True, "error": error, "attempts": attempts}
+    if embedding is not None:
+        rec["embedding"] = embedding
+    return rec
+
+
+def drop_records(path: str | Path, names: set[str], *, key: str = "name") -> int:
+    """Remove the failed records whose ``key`` is in ``names`` (rewritten atomically under
+    the file's flock); the number removed."""
+    import fcntl
+
+    from lowbit.storage.atomic import write_text_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        records = read_records(path)
+        keep = [r for r in records if not (r.get("failed") and r.get(key) in names)]
+        if len(keep) != len(records):
+            write_text_atomic(path, "".join(
+                json.dumps(_finite(r), sort_keys=True, allow_nan=False) + "\n" for r in keep))
+        return len(records) - len(keep)
+    finally:
+        os.close(fd)
+
+
 def sort_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records by bits per weight, largest first (baseline rows before quantized ones at a tie)."""
     return sorted(records, key=lambda r: (-(r.get("bits_per_weight") or 0.0),

@@ -12,8 +12,6 @@ them also keeps those tensors in fp16).
 
 from __future__ import annotations
 
-import copy
-import gc
 import logging
 import shutil
 import time
@@ -22,29 +20,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from lowbit.eval.reference import prepare_reference
 from lowbit.eval.settings import EvalSettings, record_method
-from lowbit.eval.suite import evaluate
 from lowbit.report.results import (
     BASELINE_LABEL,
-    KEPT16_LABEL,
     RESULTS_JSONL,
     append_record,
+    drop_records,
+    failed_record,
     read_records,
     render_markdown,
     write_csv,
 )
 from lowbit.report.rows import DEFAULT_METHOD, Row, plan_rows
+from lowbit.report.sweep_job import SweepShared, sweep_row
 from lowbit.storage.lock import output_lock
 
 if TYPE_CHECKING:
     from lowbit.calibration.windows import Calibration
+    from lowbit.executor import Executor
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "base-logits"
+JOB_LOGS = "jobs"  # one log file a row, beside results.jsonl
 MakeCalibration = Callable[[Any], "Calibration"]  # the tokenizer -> the calibration
 
 
@@ -60,6 +60,7 @@ class SweepOutput:
     plots: list[Path]
     ran: list[str]  # names evaluated by this call (the others were already in results.jsonl)
     seconds: float
+    failed: list[dict[str, Any]]  # rows that failed every attempt (name, error, attempts)
 
 
 def row_names(schemes: Sequence[str], *, baseline_rows: bool = True,
@@ -85,24 +86,6 @@ def _check_settings(records: list[dict[str, Any]], settings: EvalSettings, path:
             )
 
 
-def _make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: Any = None,
-              method: str = DEFAULT_METHOD, calibration: Calibration | None = None,
-              embedding: str | None = None) -> tuple[nn.Module, dict[str, Any] | None]:
-    """A fresh copy of the baseline for row ``name``: quantized under ``scheme`` (default: the
-    name) with ``method`` (with its layer table), or with only its kept tensors rounded to fp16
-    (layer table computed later, against the baseline)."""
-    from lowbit.pipeline.inmemory import quantize, round_kept_tensors
-
-    model = copy.deepcopy(base)
-    if name == KEPT16_LABEL:
-        round_kept_tensors(model, torch.float16)
-        model.lowbit_keep_dtype = torch.float16
-        return model, None
-    report = quantize(model, scheme or name, method=method, calibration=calibration,
-                      progress=False, strict=strict, embedding=embedding)
-    return model, report.table()
-
-
 def run_sweep(
     model: str,
     schemes: Sequence[str],
@@ -122,6 +105,7 @@ def run_sweep(
     budgets: Sequence[str] = (),
     candidates: Sequence[str] | None = None,
     embedding: str | None = None,
+    executor: Executor | None = None,
 ) -> SweepOutput:
     """Sweep every (method, scheme) pair on ``model`` (a built-in name, folder or GGUF) into
     folder ``out``. Data-aware methods calibrate on ``calibration`` (a Calibration, or a
@@ -136,6 +120,8 @@ def run_sweep(
     among ``candidates`` (default: llama.cpp's types, ``budget.plan.GGML_CANDIDATES``).
     ``embedding``: quantize the input embedding (and a head tied to it) of every quantized row
     with this scheme (recorded in each row; default: kept in fp16 like the other kept tensors).
+    ``executor`` runs the rows (:mod:`lowbit.executor`; default in this process, one after
+    another); a row that fails every attempt is recorded as failed and rerun by the next call.
     """
     t0 = time.perf_counter()
     settings = settings or EvalSettings()
@@ -145,48 +131,83 @@ def run_sweep(
     with output_lock(out):  # the whole run: a second sweep on this folder fails at once
         out.mkdir(parents=True, exist_ok=True)
         jsonl = out / RESULTS_JSONL
-        if force:
+        if force:  # results, the logits cache and the job logs
             jsonl.unlink(missing_ok=True)
-            shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+            for folder in (CACHE_DIR, JOB_LOGS):
+                shutil.rmtree(out / folder, ignore_errors=True)
         records = read_records(jsonl, repair=True)
         _check_settings(records, settings, jsonl, model, embedding)
-        done = {r["name"] for r in records}
+        done = {r["name"] for r in records if not r.get("failed")}
         todo = [r for r in rows if r.name not in done]
-        ran: list[str] = []
-        if todo:
-            ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
-                            records, strict, calibration, candidates, embedding)
+        drop_records(jsonl, {r.name for r in todo})  # failed before: tried again now
+        records = [r for r in records if r["name"] in done]
+        ran = _run_rows(model, todo, jsonl, settings, out, cache_logits, progress, loaded,
+                        records, strict, calibration, candidates, embedding,
+                        executor) if todo else []
         records = read_records(jsonl)
         return _finish(model, names, records, out, keep_cache, title, ran, t0)
 
 
 def _finish(model: str, names: list[str], records: list[dict[str, Any]], out: Path,
             keep_cache: bool, title: str | None, ran: list[str], t0: float) -> SweepOutput:
-    """Drop the logits cache once every row is there, and write the tables and report."""
-    if not keep_cache and all(n in {r["name"] for r in records} for n in names):
+    """Drop the logits cache once every row is there, and write the tables and report (failed
+    rows listed under the table)."""
+    failed = [r for r in records if r["name"] in names and r.get("failed")]
+    finished = {r["name"] for r in records if not r.get("failed")}
+    if not keep_cache and all(n in finished for n in names):
         shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-    wanted = [r for r in records if r["name"] in names]
+    wanted = [r for r in records if r["name"] in names and not r.get("failed")]
     seconds = time.perf_counter() - t0
     methods = sorted({m for m in (record_method(r) for r in wanted) if m})
     paths = write_report(wanted, out, title=title or f"lowbit sweep: {model}",
                          context={"model": model, "methods": ", ".join(methods),
-                                  "rows": len(wanted)})
+                                  "rows": len(wanted)}, failed=failed)
     return SweepOutput(out, wanted, paths["md"], paths["csv"], paths["html"], paths["plots"],
-                       ran, seconds)
+                       ran, seconds, failed)
 
 
 def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSettings,
               out: Path, cache_logits: bool, progress: bool,
               loaded: tuple[nn.Module, Any] | None, records: list[dict[str, Any]],
-              strict: bool = False, calibration: Calibration | MakeCalibration | None = None,
-              candidates: Sequence[str] | None = None,
-              embedding: str | None = None) -> list[str]:
-    from tqdm.auto import tqdm
+              strict: bool, calibration: Calibration | MakeCalibration | None,
+              candidates: Sequence[str] | None, embedding: str | None,
+              executor: Executor | None) -> list[str]:
+    """Prepare the shared inputs once, run the rows on ``executor`` (default: in this process)
+    and append each record (or a failed row's error) to ``jsonl`` as it comes back."""
+    from lowbit.executor import InProcessExecutor, Job, JobProgress
 
-    bar = tqdm(total=len(todo), desc="sweep", unit="row", disable=not progress)
+    executor = executor or InProcessExecutor()
+    with JobProgress(len(todo), desc="sweep", unit="row", disable=not progress) as bar:
+        shared = _prepare(model_name, todo, settings, out, cache_logits, loaded, records, jsonl,
+                          strict, calibration, candidates, embedding, executor, bar)
+        ran = []
+        jobs = [Job(row.name, (row,)) for row in todo]
+        for outcome in executor.run(sweep_row, shared, jobs, progress=bar,
+                                    log_dir=out.resolve() / JOB_LOGS):
+            if outcome.ok:
+                rec = outcome.value
+                rec["model"] = model_name
+            else:
+                log.warning("row %s failed after %d attempts: %s", outcome.key,
+                            outcome.attempts, outcome.error)
+                rec = failed_record(outcome.key, model_name, settings.to_dict(),
+                                    outcome.error, outcome.attempts, embedding)
+            if append_record(jsonl, rec):
+                records.append(rec)
+                ran.append(outcome.key)
+    return ran
 
+
+def _prepare(model_name: str, todo: list[Row], settings: EvalSettings, out: Path,
+             cache_logits: bool, loaded: tuple[nn.Module, Any] | None,
+             records: list[dict[str, Any]], jsonl: Path, strict: bool,
+             calibration: Calibration | MakeCalibration | None,
+             candidates: Sequence[str] | None, embedding: str | None, executor: Executor,
+             bar: Any) -> SweepShared:
+    """The driver's side, once: the baseline loaded, the calibration, the budget plans, the
+    token plan and the baseline's logits (in ``out/base-logits``) and choice picks."""
     def step(what: str, row: str = "baseline") -> None:
-        bar.set_description(f"{row}: {what}")
+        bar.note(f"{row}: {what}")
         log.info("%s: %s", row, what)
 
     step("load model")
@@ -198,28 +219,17 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
         base, tok = loaded
     base.eval()
     cal = _calibration(todo, tok, calibration, records, jsonl)
-    plans = _plans(base, tok, todo, candidates, out, progress, step)
+    plans = _plans(base, tok, todo, candidates, out, not bar.bar.disable, step, executor)
+    # absolute: a worker reads the logits cache whatever its working directory
     ref = prepare_reference(base, tok, settings,
-                            cache_dir=out / CACHE_DIR if cache_logits else None, step=step)
-    ran = []
-    try:
-        for row in todo:
-            if any(r["name"] == row.name for r in read_records(jsonl)):
-                continue  # written meanwhile (an API caller without the lock): never twice
-            rec = _one_row(base, tok, ref, settings, row, strict, cal, step, plans,
-                          embedding)
-            rec["model"] = model_name
-            if append_record(jsonl, rec):
-                records.append(rec)
-                ran.append(row.name)
-            bar.update(1)
-    finally:
-        bar.close()
-    return ran
+                            cache_dir=out.resolve() / CACHE_DIR if cache_logits else None,
+                            step=step)
+    return SweepShared(ref, tok, settings, strict, cal, plans, embedding, executor.device)
 
 
 def _plans(base: nn.Module, tok: Any, todo: list[Row], candidates: Sequence[str] | None,
-           out: Path, progress: bool, step: Callable[..., None]) -> dict[str, Any]:
+           out: Path, progress: bool, step: Callable[..., None],
+           executor: Executor | None = None) -> dict[str, Any]:
     """The budget rows' plans (one sensitivity measurement, cached), or {} when none."""
     labels = [r.name for r in todo if r.budget]
     if not labels:
@@ -229,47 +239,7 @@ def _plans(base: nn.Module, tok: Any, todo: list[Row], candidates: Sequence[str]
 
     step("sensitivity for --budgets")
     return make_plans(base, tok, labels, list(candidates or GGML_CANDIDATES), out,
-                      progress=progress)
-
-
-def _one_row(base: nn.Module, tok: Any, ref: Any, settings: EvalSettings, row: Row,
-             strict: bool, cal: Calibration | None, step: Callable[..., None],
-             plans: dict[str, Any] | None = None, embedding: str | None = None
-             ) -> dict[str, Any]:
-    """Make and evaluate one row; its record (with the method, and the calibration's
-    fingerprint for a data-aware method)."""
-    from lowbit.methods import get_method
-
-    t_row = time.perf_counter()
-    name = row.name
-    if name == BASELINE_LABEL:
-        rec = evaluate(base, tok, ref, settings, name=name, is_baseline=True,
-                       step=lambda s: step(s, name))
-    else:
-        step("quantize" if name != KEPT16_LABEL else "round kept tensors", name)
-        aware = row.method is not None and get_method(row.method).data_aware
-        plan, extras = plans[name] if row.budget else (row.scheme, None)
-        # a budget's plan chooses its own embedding scheme; the fp16 row quantizes nothing
-        emb = None if name == KEPT16_LABEL or row.budget else embedding
-        model, layers = _make_row(base, name, strict, scheme=plan,
-                                  method=row.method or DEFAULT_METHOD,
-                                  calibration=cal if aware else None, embedding=emb)
-        rec = evaluate(model, tok, ref, settings, name=name,
-                       scheme=name if row.budget else row.scheme, layers=layers,
-                       step=lambda s: step(s, name))
-        if extras is not None:
-            rec["plan"] = extras
-        rec["baseline"] = name == KEPT16_LABEL
-        if emb is not None:
-            rec["embedding"] = emb
-        if row.method is not None:
-            rec["method"] = row.method
-        if aware:
-            rec["calibration"] = cal.fingerprint()
-        del model
-        gc.collect()
-    rec["seconds"] = time.perf_counter() - t_row
-    return rec
+                      progress=progress, executor=executor)
 
 
 def _calibration(todo: list[Row], tok: Any, given: Calibration | MakeCalibration | None,
@@ -297,15 +267,21 @@ def _calibration(todo: list[Row], tok: Any, given: Calibration | MakeCalibration
 
 
 def write_report(records: Sequence[dict[str, Any]], out: str | Path, *, title: str,
-                 context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """results.md, results.csv, the plots and report.html from ``records``, into ``out``."""
+                 context: dict[str, Any] | None = None,
+                 failed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """results.md, results.csv, the plots and report.html from ``records``, into ``out``
+    (``failed``: rows that failed, listed under results.md's table)."""
     from lowbit.report.html import write_html
     from lowbit.report.plots import write_plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
-    md.write_text(render_markdown(records, title=title), encoding="utf-8")
+    text = render_markdown(records, title=title)
+    if failed:
+        text += "\n**Failed rows** (rerun the sweep to try them again):\n\n" + "".join(
+            f"- {r['name']}: {r.get('error')} ({r.get('attempts')} attempts)\n" for r in failed)
+    md.write_text(text, encoding="utf-8")
     csv_path = write_csv(records, out / "results.csv")
     plots = write_plots(records, out)
     html_path = write_html(records, plots, out / "report.html", title=title, context=context)
