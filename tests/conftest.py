@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Triton runs kernels on CPU tensors only in its interpreter, chosen when triton is first
+# imported. Under pytest-xdist one worker runs many test files, and libraries that other tests
+# load (peft, bitsandbytes, transformers' integrations) may import triton before
+# tests/kernels/ is collected, so the choice is made here, before any test module is imported.
+# Only without a CUDA GPU: there compiled Triton cannot run at all.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
