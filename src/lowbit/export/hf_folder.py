@@ -22,7 +22,7 @@ from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
 from lowbit.storage.atomic import check_output_path, named_os_error
 from lowbit.storage.lock import output_lock
-from lowbit.storage.partials import clean_stale, temp_sibling
+from lowbit.storage.partials import clean_stale, replacing_folder
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +125,11 @@ def export_folder(out: str | os.PathLike, *, force: bool) -> Iterator[Path]:
         if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                                   and not (out / "config.json").exists())):
             raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        tmp.mkdir()
         try:
-            yield tmp
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(err, OSError):
-                raise named_os_error(err, out) from None
-            raise
+            with replacing_folder(out) as tmp:
+                yield tmp
+        except OSError as err:
+            raise named_os_error(err, out) from None
 
 
 def write_folder(folder: Path, source: Path, config: Any, quantization_config: dict,

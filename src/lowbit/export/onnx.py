@@ -30,7 +30,7 @@ from lowbit.export.onnx_graph import GraphEditor, build_float, check_architectur
 from lowbit.export.onnx_support import requantize_target, route
 from lowbit.storage.atomic import check_output_path
 from lowbit.storage.lock import output_lock
-from lowbit.storage.partials import temp_sibling
+from lowbit.storage.partials import replacing_folder
 
 MARKER = "lowbit_onnx.json"
 DATA_FILE = "model.onnx.data"
@@ -133,17 +133,8 @@ def _output_folder(out: Path, force: bool) -> Iterator[Path]:
             raise FileExistsError(f"{out} already exists" + (
                 "; pass --force (force=True) to replace it" if (out / MARKER).exists() else
                 " and is not a lowbit ONNX export; choose another folder"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        tmp.mkdir()
-        try:
+        with replacing_folder(out) as tmp:
             yield tmp
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def _swap_layers(editor: GraphEditor, qts: dict[str, QTensor],

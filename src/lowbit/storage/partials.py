@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,24 @@ def temp_sibling(out: str | os.PathLike, kind: str = "partial") -> Path:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     out = Path(out)
     return out.parent / f".{out.name}.{kind}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def replacing_folder(out: Path) -> Iterator[Path]:
+    """A new hidden sibling folder of ``out`` that replaces it when the block succeeds (an
+    existing ``out`` is removed first) and is removed when it fails. The caller holds the
+    output's lock and has decided that ``out`` may be replaced."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _start_time(pid: int) -> float | None:
