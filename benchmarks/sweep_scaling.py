@@ -88,15 +88,33 @@ def _run(name: str, loaded: Any, schemes: list[str], settings: Any, folder: Path
     return {"start": start, "wall": wall, "records": {r["name"]: r for r in res.records}}
 
 
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first field (a dotted path) where two records' figures differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path} {a!r} vs {b!r}"
+
+
 def _differences(mine: dict[str, Any], ref: dict[str, Any]) -> list[str]:
-    """Rows whose figures differ from the in-process run's (with the KL of each)."""
+    """Rows whose figures differ from the in-process run's, each with its first differing
+    field."""
     from lowbit.report.results import figures
 
     out = []
     for name, rec in ref.items():
-        if figures(mine.get(name)) != figures(rec):
-            k = (mine.get(name) or {}).get("summary", {}).get("kld_mean")
-            out.append(f"{name} (KL {k} vs {rec['summary'].get('kld_mean')})")
+        found = _first_difference(figures(mine.get(name)), figures(rec))
+        if found:
+            out.append(f"{name} ({found})")
     return out
 
 
