@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from lowbit.export import rules
 from lowbit.export.bnb_layout import QUANT_TYPES, requantize_for, tensor_problem, to_bnb
 from lowbit.export.hf_folder import (
     FolderReport,
@@ -19,9 +18,8 @@ from lowbit.export.hf_folder import (
     export_folder,
     folder_bytes,
     layers_and_floats,
+    layers_to_write,
     load_checkpoint,
-    progress_items,
-    settle_layer,
     write_folder,
 )
 
@@ -40,21 +38,11 @@ def to_bnb_folder(source: str | os.PathLike, out: str | os.PathLike, *,
     t0 = time.perf_counter()
     model, folder = load_checkpoint(source, TARGET, verify)
     layers, floats = layers_and_floats(model)
-    tensors, requantized, refused, written = dict(floats), {}, [], {}
-    for name, mod in progress_items(list(layers.items()), TARGET, progress):
-        qt = mod.qweight
-        status, why = rules.support(TARGET, qt.scheme)
-        problem = (None if status == "lossless" else why) or tensor_problem(qt)
-        qt, scheme = settle_layer(name, qt, TARGET, problem, requantize, requantize_for,
-                                  refused)
-        if qt is None:
-            continue
-        if scheme is not None:
-            requantized[name] = scheme
+    tensors, requantized, written = dict(floats), {}, {}
+    for name, qt in layers_to_write(layers, TARGET, tensor_problem, requantize, requantize_for,
+                                    requantized, progress):
         tensors.update({f"{name}.{k}": v for k, v in to_bnb(qt).items()})
         written[name] = qt.scheme
-    if refused:
-        raise rules.refusal(TARGET, refused)
     qconfig = quantization_config(model, written)
     with export_folder(out, force=force) as tmp:
         write_folder(tmp, folder, model.config, qconfig, tensors)

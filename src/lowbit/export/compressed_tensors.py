@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lowbit.export import rules
 from lowbit.export.ct_layout import CTLayer, requantize_for, tensor_problem, to_ct
 from lowbit.export.hf_folder import (
     FolderReport,
@@ -19,9 +18,8 @@ from lowbit.export.hf_folder import (
     export_folder,
     folder_bytes,
     layers_and_floats,
+    layers_to_write,
     load_checkpoint,
-    progress_items,
-    settle_layer,
     write_folder,
 )
 
@@ -39,23 +37,12 @@ def to_compressed_tensors(source: str | os.PathLike, out: str | os.PathLike, *,
     t0 = time.perf_counter()
     model, folder = load_checkpoint(source, TARGET, verify)
     layers, floats = layers_and_floats(model)
-    tensors, groups, requantized, refused = dict(floats), {}, {}, []
-    for name, mod in progress_items(list(layers.items()), TARGET, progress):
-        qt = mod.qweight
-        status, why = rules.support(TARGET, qt.scheme)
-        problem = None if status == "lossless" else why
-        problem = problem or tensor_problem(qt)
-        qt, scheme = settle_layer(name, qt, TARGET, problem, requantize, requantize_for,
-                                  refused)
-        if qt is None:
-            continue
-        if scheme is not None:
-            requantized[name] = scheme
+    tensors, groups, requantized = dict(floats), {}, {}
+    for name, qt in layers_to_write(layers, TARGET, tensor_problem, requantize, requantize_for,
+                                    requantized, progress):
         layer = to_ct(qt)
         tensors.update({f"{name}.{k}": v for k, v in layer.tensors.items()})
         groups.setdefault(_group_key(layer), (layer, []))[1].append(name)
-    if refused:
-        raise rules.refusal(TARGET, refused)
     qconfig = quantization_config(groups)
     with export_folder(out, force=force) as tmp:
         write_folder(tmp, folder, model.config, qconfig, tensors)

@@ -20,6 +20,7 @@ import torch
 
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
+from lowbit.export import rules
 from lowbit.storage.atomic import check_output_path, named_os_error
 from lowbit.storage.lock import output_lock
 from lowbit.storage.partials import clean_stale, replacing_folder
@@ -90,16 +91,35 @@ def layers_and_floats(model: torch.nn.Module) -> tuple[dict[str, Any], dict[str,
     return layers, floats
 
 
-def settle_layer(name: str, qt: QTensor, target: str, problem: str | None, requantize: bool,
-                 nearest: Callable[[Scheme, int], Scheme], refused: list[tuple[str, Scheme, str]]
-                 ) -> tuple[QTensor | None, str | None]:
-    """(QTensor to write, scheme requantized to or None) for one layer; a refused layer goes
-    into ``refused`` and returns (None, None)."""
-    if problem is None:
-        return qt, None
-    if not requantize:
-        refused.append((name, qt.scheme, problem))
-        return None, None
+def layers_to_write(layers: dict[str, Any], target: str,
+                    tensor_problem: Callable[[QTensor], str | None], requantize: bool,
+                    nearest: Callable[[Scheme, int], Scheme], requantized: dict[str, str],
+                    progress: bool) -> Iterator[tuple[str, QTensor]]:
+    """(name, QTensor to write) for each quantized layer, as ``target`` holds it.
+
+    A layer whose scheme the target's rule (:mod:`lowbit.export.rules`) or ``tensor_problem``
+    refuses is requantized to ``nearest(scheme, in_features)`` when ``requantize`` (recorded
+    in ``requantized``), else collected; the refused layers raise one error at the end, naming
+    them."""
+    refused: list[tuple[str, Scheme, str]] = []
+    for name, mod in progress_items(list(layers.items()), target, progress):
+        qt = mod.qweight
+        status, why = rules.support(target, qt.scheme)
+        problem = (None if status == "lossless" else why) or tensor_problem(qt)
+        if problem is None:
+            yield name, qt
+        elif not requantize:
+            refused.append((name, qt.scheme, problem))
+        else:
+            qt, requantized[name] = _requantize(name, qt, target, problem, nearest)
+            yield name, qt
+    if refused:
+        raise rules.refusal(target, refused)
+
+
+def _requantize(name: str, qt: QTensor, target: str, problem: str,
+                nearest: Callable[[Scheme, int], Scheme]) -> tuple[QTensor, str]:
+    """``qt`` requantized round-to-nearest to the nearest scheme the target holds."""
     from lowbit.core.qparams import choose_qparams, quantize_with_qparams
 
     try:

@@ -76,14 +76,15 @@ def _common(qt: QTensor) -> dict[str, torch.Tensor]:
     return {} if qt.perm is None else {"perm": qt.perm.to(torch.long)}
 
 
-def _activations(x: torch.Tensor, layout: Mapping[str, torch.Tensor], width: int
-                 ) -> torch.Tensor:
-    """``x`` as bf16 (tokens, width): columns permuted, zero-padded to ``width``."""
+def activations(x: torch.Tensor, layout: Mapping[str, torch.Tensor], width: int,
+                dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """``x`` as ``dtype`` (tokens, width): columns permuted by the layout's ``perm``,
+    zero-padded to ``width``."""
     x2 = x.reshape(-1, x.shape[-1])
     perm = layout.get("perm")
     if perm is not None:
         x2 = x2.index_select(1, perm)
-    x2 = x2.to(torch.bfloat16)
+    x2 = x2.to(dtype)
     if width != x2.shape[1]:
         x2 = torch.nn.functional.pad(x2, (0, width - x2.shape[1]))
     return x2.contiguous()
@@ -122,7 +123,7 @@ def prepare_int8(qt: QTensor, dtype: torch.dtype, options: Mapping[str, Any]
 def linear_int8(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
                 layout: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> torch.Tensor:
     """``x @ W^T + b`` through ``_weight_int8pack_mm`` in bf16."""
-    xs = _activations(x, layout, qweight.shape[1])
+    xs = activations(x, layout, qweight.shape[1])
     y = torch.ops.aten._weight_int8pack_mm(xs, layout["weight"], layout["scale"])
     return _finish(y, x, xs, layout, bias)
 
@@ -164,7 +165,7 @@ def linear_int4(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
     """``x @ W^T + b`` through ``_weight_int4pack_mm_for_cpu`` in bf16."""
     group = int4_group(qweight)
     width = layout["scales_zeros"].shape[0] * group
-    xs = _activations(x, layout, width)
+    xs = activations(x, layout, width)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(xs, layout["weight"], group,
                                                     layout["scales_zeros"])
     return _finish(y, x, xs, layout, bias)

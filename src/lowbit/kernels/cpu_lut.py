@@ -30,6 +30,7 @@ from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
 from lowbit.formats.integer import IntFormat
 from lowbit.kernels import native
+from lowbit.kernels.cpu import activations
 from lowbit.kernels.registry import Kernel, Traits, register
 
 GEMV_MAX_TOKENS = 8  # above this the dequantize-then-matmul path is faster
@@ -56,6 +57,7 @@ _lib, WHY = (None, "switched off by LOWBIT_CPU_LUT=0") \
     if os.environ.get("LOWBIT_CPU_LUT", "1").strip() in ("0", "off", "no", "false") \
     else load_library()
 _pool: ThreadPoolExecutor | None = None
+_pool_threads = 0
 
 
 def available() -> bool:
@@ -99,13 +101,15 @@ def prepare(qt: QTensor, dtype: torch.dtype, options: Mapping[str, Any]
 
 def _run_rows(fn: Any, n: int) -> None:
     """``fn(row0, row1)`` over all ``n`` rows, split between torch's thread count."""
-    global _pool
+    global _pool, _pool_threads
     threads = min(torch.get_num_threads(), max(1, n // _ROWS_PER_THREAD))
     if threads == 1:
         fn(0, n)
         return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads)
+    if _pool is None or _pool_threads < threads:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads), threads
     step = -(-n // threads)
     list(_pool.map(lambda r: fn(r, min(r + step, n)), range(0, n, step)))
 
@@ -154,12 +158,7 @@ def _gemv(xs: torch.Tensor, layout: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
            layout: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> torch.Tensor:
     """``x @ W^T + b`` with fp32 products and sums; the result in ``x``'s dtype."""
-    kp = layout["weight"].shape[1] * 2
-    xs = x.reshape(-1, x.shape[-1])
-    perm = layout.get("perm")
-    if perm is not None:
-        xs = xs.index_select(1, perm)
-    xs = torch.nn.functional.pad(xs.to(torch.float32), (0, kp - xs.shape[1])).contiguous()
+    xs = activations(x, layout, layout["weight"].shape[1] * 2, torch.float32)
     if xs.shape[0] <= GEMV_MAX_TOKENS:
         y = _gemv(xs, layout)
     else:

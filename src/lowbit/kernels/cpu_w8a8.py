@@ -29,6 +29,7 @@ import torch
 from lowbit.core.activations import INT8_QMAX, outlier_columns
 from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
+from lowbit.kernels.cpu import activations
 from lowbit.kernels.registry import Kernel, Traits, register
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -67,9 +68,7 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
            layout: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> torch.Tensor:
     """``x @ W^T + b`` with int8 activations (see the module docstring)."""
     act = qweight.scheme.activations
-    x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
-    if "perm" in layout:
-        x2 = x2[:, layout["perm"]]
+    x2 = activations(x, layout, x.shape[-1], torch.float32)
     cols = None
     if act.threshold is not None:
         cols = outlier_columns(x2, act.threshold)

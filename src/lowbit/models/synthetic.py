@@ -120,7 +120,7 @@ def ensure_synthetic(name: str, progress: bool = True) -> Path:
 
     Concurrent callers serialise on a lock file; the second finds the first's result."""
     from lowbit.models.conversion import _file_lock, ensure_builtin
-    from lowbit.storage.partials import temp_sibling
+    from lowbit.storage.partials import replacing_folder, temp_sibling
 
     if name not in SYNTHETIC:
         raise ValueError(f"unknown synthetic model {name!r}; names: {sorted(SYNTHETIC)}")
@@ -137,16 +137,8 @@ def ensure_synthetic(name: str, progress: bool = True) -> Path:
     with _file_lock(final.parent / f".{final.name}.lock"):
         if is_converted(final):
             return final
-        work = temp_sibling(final)
-        work.mkdir()
-        try:
+        with replacing_folder(final) as work:
             _write(spec, work, tok_folder, progress)
-            if final.exists():
-                shutil.rmtree(final)
-            work.rename(final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
     log.warning("%s: random weights, for speed measurements only (%d parameters)", name,
                 spec.n_parameters())
     return final
