@@ -79,10 +79,12 @@ def child_train(args) -> dict:
         res = lowbit.finetune(args.base, args.questions, out, force=True, lora_r=args.lora_r,
                               length=args.length, held_out=args.held_out, steps=args.steps,
                               batch_size=args.batch, lr=args.lr, seed=args.seed,
-                              save_every=args.steps, dtype=torch.bfloat16, progress=False)
+                              save_every=args.steps, dtype=torch.bfloat16, progress=False,
+                              dequant=args.dequant)
         model, tok = res.model, res.tokenizer
         row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
-                   optimizer_bytes=res.log.optimizer_bytes, losses=res.log.losses)
+                   optimizer_bytes=res.log.optimizer_bytes, losses=res.log.losses,
+                   dequant_bytes=res.record["dequant_bytes"])
     row["peak_rss_mb"] = peak_rss_mb()
     if args.steps:
         row["bnb"] = eight_bit_states(model)
@@ -147,7 +149,7 @@ def child_recover(args) -> dict:
                           steps=args.recover_steps, batch_size=args.recover_batch, lr=args.lr,
                           seed=args.seed, save_every=args.recover_steps,
                           max_examples=args.recover_steps * args.recover_batch,
-                          dtype=torch.float32, progress=False)
+                          dtype=torch.float32, progress=False, dequant=args.dequant)
     row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
                peak_rss_mb=peak_rss_mb(), losses=res.log.losses,
                data=res.record["data"])
@@ -172,7 +174,7 @@ def run_child(kind: str, label: str, base: str, args, extra: list[str]) -> dict:
 def passthrough(args) -> list[str]:
     keys = ("work", "questions", "held_out", "seed", "lr", "lora_r", "length", "batch",
             "recover_steps", "recover_batch", "recover_length", "eval_text", "eval_tokens",
-            "context")
+            "context", "dequant")
     out = []
     for k in keys:
         out += ["--" + k.replace("_", "-"), str(getattr(args, k))]
@@ -197,6 +199,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-text", default="sotu-2000-2015.txt")
     p.add_argument("--eval-tokens", type=int, default=2048)
     p.add_argument("--context", type=int, default=256)
+    p.add_argument("--dequant", default="recompute", choices=("recompute", "step", "all"),
+                   help="where QLoRA's backward gets each weight (lowbit.nn_grad)")
     p.add_argument("--parts", default="claim,recover,untrained")
     p.add_argument("--child", choices=("train", "recover"))
     p.add_argument("--label")

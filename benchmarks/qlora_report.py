@@ -20,15 +20,27 @@ def _ci(r: dict) -> str:
     return f"{r['acc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
 
 
+def _dequant(args: Any) -> str:
+    mode = getattr(args, "dequant", "recompute")
+    return {"recompute": "QLoRA dequantizes each layer's weight again in the backward pass "
+                         "(nothing cached, `--dequant recompute`).",
+            "step": "QLoRA keeps each layer's dequantized weight from the forward to the "
+                    "backward of a step (`--dequant step`).",
+            "all": "QLoRA keeps every layer's dequantized weight for the whole run "
+                   "(`--dequant all`; counted in peak RSS)."}[mode]
+
+
 def _claim(rows: list[dict], args: Any) -> list[str]:
     lines = ["| base format | trainable params | steps | wall time (s) | peak RSS (MB) | "
-             "base weights in memory (MB) | optimizer state (MB) | first → last loss | "
-             "held-out accuracy [95% CI] |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "base weights in memory (MB) | dequantized held (MB) | optimizer state (MB) | "
+             "first → last loss | held-out accuracy [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         loss = f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f}" if r["losses"] else "–"
         wall = f"{r['seconds']:.0f}" if r["steps"] else "–"
         lines.append(f"| {r['label']} | {r['trainable']:,} | {r['steps']} | {wall} | "
                      f"{r['peak_rss_mb']:.0f} | {r['weight_bytes'] / 1e6:.0f} | "
+                     f"{r.get('dequant_bytes', 0) / 1e6:.0f} | "
                      f"{r['optimizer_bytes'] / 1e6:.1f} | {loss} | {_ci(r)} |")
     return lines
 
@@ -90,9 +102,9 @@ def write_report(out: Path, rows: dict[str, list[dict]], args: Any) -> None:
                  f"{args.held_out:.0%} held out and never trained on; {args.steps} steps of "
                  f"{args.batch} examples (answer tokens scored, prompt masked), length ≤ "
                  f"{args.length}, AdamW lr {args.lr}; float tensors and activations bf16; "
-                 "QLoRA dequantizes each layer's weight again in the backward pass (nothing "
-                 "cached). Accuracy: lowbit's choice scoring (length-normalised log-likelihood),"
-                 " Wilson 95% interval. Peak RSS: the row's own process, read after training.",
+                 + _dequant(args) + " Accuracy: lowbit's choice scoring (length-normalised "
+                 "log-likelihood), Wilson 95% interval. Peak RSS: the row's own process, read "
+                 "after training.",
                  "", *_claim(rows["claim"], args), "", *_verdict(rows["claim"]),
                  *_bnb(rows["claim"]), ""]
     if rows["recover"]:

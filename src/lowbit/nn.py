@@ -54,6 +54,7 @@ class QuantLinear(nn.Module):
         self._layout_key: tuple[Any, ...] | None = None
         self._layout: dict[str, torch.Tensor] = {}
         self.kernels_ran: set[str] = set()
+        self.grad_dequant = "recompute"  # where a backward pass gets W: lowbit.nn_grad
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: Scheme | str, *, name: str = "weight",

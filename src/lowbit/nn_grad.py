@@ -1,33 +1,73 @@
 """Backward through a QuantLinear to its input, the quantized weight frozen (QLoRA's base).
 
-``dx = dy @ W`` with ``W`` dequantized again in the backward pass: nothing but the layer itself is
-kept between forward and backward, so training holds the packed weights only (plain autograd
-through the reference kernel would keep each layer's dequantized float weight alive until its
-backward ran; the packed CPU kernels have no derivative at all). A layer whose reference kernel
-caches its dequantized weight (``cache_weight``) reuses that cache instead of dequantizing again.
+``dx = dy @ W``; where ``W`` comes from is the layer's ``grad_dequant`` mode
+(:func:`set_grad_dequant`), a trade of memory for time:
+
+- ``recompute`` (default, least memory): the forward runs the layer's own kernel and the backward
+  dequantizes ``W`` again, dropped after the pass; nothing is kept between the two, so training
+  holds the packed weights and one layer's float weight at a time.
+- ``step``: the forward dequantizes once, multiplies by the reference math and keeps ``W`` for
+  this step's backward (one dequantization per layer per step, not two; at the end of a forward
+  every layer's float weight is alive, so a step's peak is the ``all`` mode's).
+- ``all``: the reference kernel keeps ``W`` (``cache_weight``) for the whole run; the base is
+  frozen, so it never goes stale. Fastest; the float weights stay in memory beside the packed ones.
+
+A layer whose reference kernel caches its weight reuses that cache in every mode.
+:data:`METER` counts the dequantized bytes the modes hold, for honest memory figures.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from lowbit.nn import QuantLinear
+
+DEQUANT_MODES = ("recompute", "step", "all")
+
+
+@dataclass
+class DequantMeter:
+    """Bytes of dequantized weights held for backward passes: now and at the peak (the
+    ``all`` mode's cache is counted by :func:`dequant_cache_bytes`, not here)."""
+
+    held: int = 0
+    peak: int = 0
+
+    def add(self, n: int) -> None:
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+    def reset(self) -> None:
+        self.held = self.peak = 0
+
+
+METER = DequantMeter()
+
+
+def _cached(layer: QuantLinear, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """The reference kernel's cached float weight (in ``dtype`` when given), else None (another
+    kernel's layout may name its packed tensor ``weight`` too)."""
+    w = layer._layout.get("weight")
+    if w is None or not w.is_floating_point() or tuple(w.shape) != (layer.out_features,
+                                                                    layer.in_features):
+        return None
+    return w if dtype is None or w.dtype == dtype else None
 
 
 def backward_weight(layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
     """The dequantized weight for a backward pass: the kernel's cached one when it holds one in
     ``dtype``, else dequantized now (and dropped after the pass)."""
-    cached = layer._layout.get("weight")
-    if cached is not None and cached.dtype == dtype:
-        return cached
-    return layer.qweight.dequantize(dtype=dtype)
+    cached = _cached(layer, dtype)
+    return cached if cached is not None else layer.qweight.dequantize(dtype=dtype)
 
 
 class FrozenQuantLinearFn(torch.autograd.Function):
-    """``y = kernel(x)`` forward, ``dx = dy @ dequantize(W)`` backward; no gradient for W."""
+    """``recompute``: ``y = kernel(x)`` forward, ``dx = dy @ dequantize(W)`` backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # type: ignore[override]
@@ -36,13 +76,74 @@ class FrozenQuantLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        fresh = _cached(ctx.layer, grad_out.dtype) is None
         w = backward_weight(ctx.layer, grad_out.dtype)
-        return grad_out @ w, None
+        n = w.numel() * w.element_size() if fresh else 0
+        METER.add(n)
+        dx = grad_out @ w
+        METER.add(-n)
+        return dx, None
+
+
+class StepQuantLinearFn(torch.autograd.Function):
+    """``step``: ``W`` dequantized once in the forward (reference math) and kept for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # type: ignore[override]
+        from lowbit.kernels import reference
+
+        fresh = _cached(layer, x.dtype) is None
+        w = backward_weight(layer, x.dtype)
+        ctx.held = w.numel() * w.element_size() if fresh else 0
+        METER.add(ctx.held)
+        ctx.save_for_backward(w)
+        return reference.linear(x, layer.qweight, None, {"weight": w}, {})
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        dx = grad_out @ w
+        METER.add(-ctx.held)
+        return dx, None
 
 
 def trainable_forward(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """The layer's output with a graph back to ``x`` (and to the bias, when it is trainable)."""
-    y = FrozenQuantLinearFn.apply(x, layer)
+    mode = getattr(layer, "grad_dequant", "recompute")
+    fn = StepQuantLinearFn if mode == "step" else FrozenQuantLinearFn
+    y = fn.apply(x, layer)
     if layer.bias is not None:
         y = y + layer.bias.to(x.dtype)
     return y
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`DEQUANT_MODES`; else a ValueError naming the option."""
+    if mode not in DEQUANT_MODES:
+        raise ValueError(f"--dequant {mode!r}: choose from {', '.join(DEQUANT_MODES)}")
+    return mode
+
+
+def set_grad_dequant(model: nn.Module, mode: str) -> int:
+    """Set every QuantLinear of ``model`` to ``mode`` (one of :data:`DEQUANT_MODES`); ``all``
+    also makes each automatically-choosing layer run the reference kernel with ``cache_weight``
+    (a layer pinned to another kernel recomputes). Returns the number of layers set."""
+    from lowbit import kernels
+    from lowbit.nn import QuantLinear
+
+    check_mode(mode)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    for layer in layers:
+        layer.grad_dequant = mode
+        if mode == "all" and layer.kernel_choice.kernel in (None, kernels.REFERENCE):
+            choice = layer.kernel_choice.with_options(kernels.REFERENCE, cache_weight=True)
+            layer.kernel_choice = kernels.KernelChoice(kernels.REFERENCE, choice.options)
+    return len(layers)
+
+
+def dequant_cache_bytes(model: nn.Module) -> int:
+    """Bytes of dequantized weights the QuantLinears of ``model`` keep (``cache_weight``)."""
+    from lowbit.nn import QuantLinear
+
+    return sum(w.numel() * w.element_size() for m in model.modules()
+               if isinstance(m, QuantLinear) and (w := _cached(m)) is not None)

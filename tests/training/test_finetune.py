@@ -163,3 +163,21 @@ def test_cli_finetune_then_eval(tiny_hf_dir, questions, tmp_path, capsys) -> Non
                  "--no-speed", "--max-tokens", "200", "--context", "64"]) == 0
     shown = capsys.readouterr().out
     assert "KL mean" in shown and f"baseline: {tiny_hf_dir}" in shown
+
+
+def test_dequant_modes_train_alike_and_count_what_they_hold(tiny_hf_dir, questions, tmp_path
+                                                            ) -> None:
+    runs = {m: _run(str(tiny_hf_dir), questions, tmp_path / m, dequant=m)
+            for m in ("recompute", "step", "all")}
+    layers = [m for m in runs["all"].model.modules() if isinstance(m, QuantLinear)]
+    floats = sum(m.in_features * m.out_features * 4 for m in layers)
+    held = {m: r.record["dequant_bytes"] for m, r in runs.items()}
+    # recompute: one layer's float weight at a time; all: every layer's, kept; step: those
+    # whose input needs a gradient (the first block's q/k/v see the frozen embedding)
+    assert held["recompute"] == max(m.in_features * m.out_features * 4 for m in layers)
+    assert held["all"] == floats and held["recompute"] < held["step"] <= floats
+    for m in ("step", "all"):  # the same gradients; forwards differ by the packed kernel's
+        # rounding (recompute, and step where no gradient is needed, run it; all the reference)
+        assert runs[m].log.losses == pytest.approx(runs["recompute"].log.losses, rel=1e-2)
+    with pytest.raises(ValueError, match="--dequant 'fast'"):
+        _run(str(tiny_hf_dir), questions, tmp_path / "bad", dequant="fast")

@@ -11,6 +11,7 @@ from torch import nn
 
 from lowbit.kernels.choice import KernelChoice
 from lowbit.nn import QuantLinear
+from lowbit.nn_grad import DEQUANT_MODES, METER, dequant_cache_bytes, set_grad_dequant
 
 SCHEMES = ("int4-asym-g64", "int4-sym-g32", "nf4-g64-dq", "mxfp4", "q4_k", "int8-sym-channel")
 
@@ -89,3 +90,51 @@ def test_inference_without_grad_takes_the_plain_path() -> None:
     assert q(x).grad_fn is None
     with torch.no_grad():
         assert q(x.requires_grad_(True)).grad_fn is None
+
+
+@pytest.mark.parametrize("scheme", ("nf4-g64-dq", "int4-asym-g64", "q4_k"))
+def test_every_dequant_mode_gives_the_same_gradients(scheme: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, dy = torch.randn(2, 3, 256, generator=g), torch.randn(2, 3, 96, generator=g)
+    outs = {}
+    for mode in DEQUANT_MODES:
+        torch.manual_seed(0)  # the same bias (nn.Linear draws it from the global generator)
+        q, _ = _pair(scheme, bias=True)
+        assert set_grad_dequant(q, mode) == 1
+        outs[mode] = _grads(q, x, dy)
+    g0 = outs["recompute"][1]
+    bound = 96 * 2.0**-24 * (dy.abs() @ q.qweight.dequantize().abs()) + 1e-12
+    for mode in ("step", "all"):
+        assert (outs[mode][1] - g0).abs().le(bound * 4).all(), mode
+    # both run the reference math forward ("recompute" runs the layer's own kernel)
+    assert torch.allclose(outs["step"][0], outs["all"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_what_each_mode_holds_is_counted() -> None:
+    x = torch.randn(2, 256, requires_grad=True)
+    w_bytes = 96 * 256 * 4
+    held: dict[str, tuple[int, int, int]] = {}
+    for mode in DEQUANT_MODES:
+        q, _ = _pair("nf4-g64-dq", bias=False)
+        set_grad_dequant(q, mode)
+        saved: list[int] = []
+        METER.reset()
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = q(x)
+            between = METER.held  # kept from the forward for the backward
+            y.sum().backward()
+        held[mode] = (between, METER.held, dequant_cache_bytes(q))
+        assert (96 * 256 in saved) == (mode == "step"), mode
+        assert METER.peak == (w_bytes if mode != "all" else 0), mode  # all: the cache instead
+    assert held == {"recompute": (0, 0, 0), "step": (w_bytes, 0, 0), "all": (0, 0, w_bytes)}
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    q, _ = _pair("int4-asym-g64", bias=False)
+    with pytest.raises(ValueError, match="--dequant 'fast'"):
+        set_grad_dequant(q, "fast")

@@ -15,7 +15,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                    merge=args.merge, held_out=args.held_out, max_examples=args.max_examples,
                    force=args.force, dtype=parse_dtype(args.dtype), steps=args.steps,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   optimizer=args.optimizer, save_every=args.save_every)
+                   optimizer=args.optimizer, save_every=args.save_every, dequant=args.dequant)
     log = res.log
     first, last = log.losses[0], log.losses[-1]
     print(f"model            {args.model}" + (f" quantized as {args.scheme}" if args.scheme
@@ -25,6 +25,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
           f"loss {first:.4f} -> {last:.4f}")
     print(f"adapters         {res.trainable_params / 1e6:.2f} M parameters, optimizer state "
           f"{log.optimizer_bytes / 1e6:.1f} MB ({args.optimizer})")
+    if res.record["dequant_bytes"]:
+        print(f"dequantized      {res.record['dequant_bytes'] / 1e6:.1f} MB of float weights held "
+              f"at the peak (--dequant {args.dequant})")
     print(f"time             {res.seconds:.1f} s")
     print(f"output           {res.folder} (lowbit eval {res.folder})")
     if args.merge:
@@ -33,6 +36,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lowbit.nn_grad import DEQUANT_MODES
     from lowbit.training.loop import OPTIMIZERS, TrainSettings
 
     d = TrainSettings()
@@ -61,6 +65,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="torch AdamW, or bitsandbytes' 8-bit AdamW states (default adamw)")
     p.add_argument("--save-every", type=int, default=d.save_every,
                    help=f"save the training state every N steps (default {d.save_every})")
+    p.add_argument("--dequant", choices=DEQUANT_MODES, default="recompute",
+                   help="a quantized layer's weight for the backward pass: dequantized again "
+                        "(recompute, least memory; default), kept from the forward for the step "
+                        "(step), or kept for the whole run (all: float-sized, fastest)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="dtype of the base's float tensors and activations (default bfloat16)")
     p.add_argument("--recover", action="store_true",

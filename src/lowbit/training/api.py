@@ -113,25 +113,36 @@ def _base_model(source: str, out: Path, scheme: str | None, resume: bool, dtype:
     return model, tok
 
 
-def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
-             out: str | os.PathLike = "finetuned", *, scheme: str | None = None,
-             lora_r: int = 16, lora_alpha: float | None = None, length: int = 256,
-             recover: bool = False, merge: bool = False, held_out: float = 0.0,
-             max_examples: int | None = None, force: bool = False, progress: bool = True,
-             dtype: torch.dtype = torch.float32, **train: Any) -> FinetuneResult:
-    """Train LoRA adapters (peft) on ``source`` (a model or lowbit checkpoint; quantized with
-    ``scheme`` first when given) and write ``out``. ``train``: :class:`TrainSettings` fields."""
+def data_files(data: str | os.PathLike | list[str] | None, recover: bool) -> list[str]:
+    """The training files: ``data``, or for ``recover`` the calibration texts by default."""
     from lowbit.data import CALIBRATION_TEXTS
-    from lowbit.training import loop, output
-    from lowbit.training.lora import attach_lora, trainable_parameters
 
-    settings = TrainSettings(**train)
     files = [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data or [])]
     if recover:
         files = files or list(CALIBRATION_TEXTS)
         check_recover_data(files)
     elif not files:
         raise ValueError("finetune needs --data (a text file or a question .jsonl)")
+    return files
+
+
+def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
+             out: str | os.PathLike = "finetuned", *, scheme: str | None = None,
+             lora_r: int = 16, lora_alpha: float | None = None, length: int = 256,
+             recover: bool = False, merge: bool = False, held_out: float = 0.0,
+             max_examples: int | None = None, force: bool = False, progress: bool = True,
+             dtype: torch.dtype = torch.float32, dequant: str = "recompute",
+             **train: Any) -> FinetuneResult:
+    """Train LoRA adapters (peft) on ``source`` (a model or lowbit checkpoint; quantized with
+    ``scheme`` first when given) and write ``out``. ``dequant``: where a quantized layer's
+    backward gets its weight (:mod:`lowbit.nn_grad`); ``train``: :class:`TrainSettings` fields."""
+    from lowbit import nn_grad
+    from lowbit.training import loop, output
+    from lowbit.training.lora import attach_lora, trainable_parameters
+
+    settings = TrainSettings(**train)
+    nn_grad.check_mode(dequant)
+    files = data_files(data, recover)
     out = Path(out)
     resume = prepare_output(out, force)
     record = {"base": source, "float_base": float_source(source), "scheme": scheme,
@@ -142,6 +153,7 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
         raise ValueError(f"{out}: an interrupted run with other settings; use --force or "
                          "another -o")
     model, tok = _base_model(source, out, scheme, resume, dtype, progress)
+    nn_grad.set_grad_dequant(model, dequant)
     if not resume:
         output.write_record(out, record)
     examples = build_examples(tok, files, length, held_out=held_out, seed=settings.seed,
@@ -155,13 +167,16 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
     peft_model = attach_lora(model, r=lora_r, alpha=lora_alpha)
     loss_fn = loop.kl_loss_fn(teacher) if teacher is not None else loop.lm_loss_fn()
     t0 = time.perf_counter()
+    nn_grad.METER.reset()
     log = loop.train(peft_model, examples, loss_fn, settings, out, progress=progress,
                      pad_id=int(tok.pad_token_id or tok.eos_token_id or 0))
     seconds = time.perf_counter() - t0
     output.save_adapter(peft_model, out)
     record.update(status="done", steps=log.step, losses=log.losses, seconds=seconds,
                   trainable_params=trainable_parameters(peft_model),
-                  optimizer_bytes=log.optimizer_bytes, examples=len(examples))
+                  optimizer_bytes=log.optimizer_bytes, examples=len(examples),
+                  step_seconds=log.step_seconds, dequant=dequant,
+                  dequant_bytes=nn_grad.METER.peak + nn_grad.dequant_cache_bytes(peft_model))
     output.write_record(out, record)
     if merge:  # on a copy: the returned model keeps its adapters
         import copy

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +47,11 @@ class TrainSettings:
 
 @dataclass
 class TrainLog:
-    """Loss per step (all steps, across resumes), the step reached, and optimizer state bytes."""
+    """Loss per step (all steps, across resumes), the step reached, optimizer state bytes and
+    the seconds of each step this run took."""
 
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
     step: int = 0
     optimizer_bytes: int = 0
     resumed_from: int = 0
@@ -141,6 +144,7 @@ def train(model: nn.Module, examples: Sequence[Example], loss_fn: LossFn, s: Tra
     model.train()
     bar = tqdm(total=s.steps, initial=log.step, desc="finetune", unit="step", disable=not progress)
     for step in range(log.step, s.steps):
+        t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = s.lr * min(1.0, (step + 1) / max(s.warmup, 1))
         loss = loss_fn(model, collate([examples[i] for i in order[step]], pad_id))
@@ -149,6 +153,7 @@ def train(model: nn.Module, examples: Sequence[Example], loss_fn: LossFn, s: Tra
         opt.zero_grad(set_to_none=True)
         log.losses.append(float(loss.detach()))
         log.step = step + 1
+        log.step_seconds.append(time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         if folder is not None and (log.step % s.save_every == 0 or log.step == s.steps):

@@ -1,0 +1,87 @@
+"""Step time and peak memory of QLoRA per ``--dequant`` mode (SmolLM2-135M, nf4-g64-dq, CPU).
+
+A short ``lowbit finetune`` per mode (and one 16-bit LoRA run for scale) on a question file, each
+in a fresh process whose peak RSS is read by a wrapper process; the checkpoint is made once with
+``lowbit quantize``. Step time: the median of each run's steps after the first (the first builds
+``all``'s cache). Writes ``benchmarks/results/qlora_dequant.md``; run under
+``flock /work/notes/timing.lock``.
+
+    PYTHONPATH=src python benchmarks/qlora_dequant.py --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from lowbit.storage.atomic import write_text_atomic
+from qlora import MODEL, ROOT, checkpoint  # benchmarks/ is on sys.path when run as a script
+
+MODES = ("recompute", "step", "all")
+_MEASURE = r"""
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(r.returncode)
+"""
+
+
+def run_mode(args: argparse.Namespace, base: str, mode: str | None) -> dict:
+    """One ``lowbit finetune`` in a fresh process: its record and peak RSS (MB)."""
+    out = Path(args.work) / f"ft-{mode or 'bf16'}"
+    cmd = [sys.executable, "-m", "lowbit.cli", "finetune", base, "--data", args.questions,
+           "-o", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch),
+           "--length", str(args.length), "--held-out", "0.3", "--force"]
+    cmd += ["--dequant", mode] if mode else []
+    env = {**os.environ, "PYTHONPATH": "src"}
+    r = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.PIPE, text=True)
+    rec = json.loads((out / "finetune.json").read_text())
+    rec["peak_rss_mb"] = int(r.stdout.strip().splitlines()[-1]) / 1024
+    rec["label"] = mode or "bf16 LoRA"
+    return rec
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"# QLoRA per `--dequant` mode ({MODEL}, nf4-g64-dq, CPU)", "",
+             f"`lowbit finetune` on {args.questions}: {args.steps} steps of {args.batch} examples,"
+             f" length ≤ {args.length}, bf16, each run a fresh process (2 cores shared). Step "
+             "time: median of the steps after the first. Dequantized: float weights held at the "
+             "peak for backward passes (counted by `lowbit.nn_grad`). Produced by "
+             "`benchmarks/qlora_dequant.py`.", "",
+             "| run | median step (s) | first step (s) | peak RSS (MB) | dequantized held (MB) |"
+             " first → last loss |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        st = r["step_seconds"]
+        lines.append(f"| {r['label']} | {statistics.median(st[1:] or st):.2f} | {st[0]:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r.get('dequant_bytes', 0) / 1e6:.0f} | "
+                     f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default=str(Path.home() / ".cache/lowbit/bench-qlora"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/qlora_dequant.md"))
+    p.add_argument("--questions", default="social_iqa.jsonl")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--length", type=int, default=96)
+    p.add_argument("--modes", default=",".join(MODES) + ",bf16")
+    args = p.parse_args()
+    base = str(checkpoint(Path(args.work), "nf4-g64-dq"))
+    rows = []
+    for mode in args.modes.split(","):
+        rows.append(run_mode(args, MODEL if mode == "bf16" else base,
+                             None if mode == "bf16" else mode))
+        write_text_atomic(Path(args.out), table(rows, args))
+        print(table(rows, args), flush=True)
+
+
+if __name__ == "__main__":
+    main()
