@@ -73,7 +73,7 @@ def child_train(args) -> dict:
     out = Path(args.work) / f"ft-{args.label}"
     row = {"label": args.label}
     if args.steps == 0:
-        model, tok = lowbit.load_model(args.base, dtype=torch.bfloat16)
+        model, _ = lowbit.load_model(args.base, dtype=torch.bfloat16)
         row.update(trainable=0, steps=0, seconds=0.0, optimizer_bytes=0, losses=[])
     else:
         res = lowbit.finetune(args.base, args.questions, out, force=True, lora_r=args.lora_r,
@@ -81,7 +81,7 @@ def child_train(args) -> dict:
                               batch_size=args.batch, lr=args.lr, seed=args.seed,
                               save_every=args.steps, dtype=torch.bfloat16, progress=False,
                               dequant=args.dequant)
-        model, tok = res.model, res.tokenizer
+        model = res.model
         row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
                    optimizer_bytes=res.log.optimizer_bytes, losses=res.log.losses,
                    dequant_bytes=res.record["dequant_bytes"])
@@ -90,8 +90,22 @@ def child_train(args) -> dict:
         row["bnb"] = eight_bit_states(model)
     row["weight_bytes"] = model_size(model)[0]
     row["load_train_seconds"] = time.perf_counter() - t0
-    row.update(_held_out_accuracy(model, tok, args))
+    del model
+    row.update(_held_out_accuracy(*_float32_for_eval(args, out), args))
     return row
+
+
+def _float32_for_eval(args, out: Path):
+    """The trained row reloaded from its saved adapter, computing in float32: bf16 matmuls
+    run several times slower than float32 on this CPU, and the reload checks the saved files."""
+    import torch
+
+    import lowbit
+    from lowbit.training.output import load_finetuned
+
+    if args.steps == 0:
+        return lowbit.load_model(args.base, dtype=torch.float32)
+    return load_finetuned(out, dtype=torch.float32)
 
 
 def eight_bit_states(model) -> dict:

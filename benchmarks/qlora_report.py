@@ -103,8 +103,10 @@ def write_report(out: Path, rows: dict[str, list[dict]], args: Any) -> None:
                  f"{args.batch} examples (answer tokens scored, prompt masked), length ≤ "
                  f"{args.length}, AdamW lr {args.lr}; float tensors and activations bf16; "
                  + _dequant(args) + " Accuracy: lowbit's choice scoring (length-normalised "
-                 "log-likelihood), Wilson 95% interval. Peak RSS: the row's own process, read "
-                 "after training.",
+                 "log-likelihood), Wilson 95% interval, computed after reloading the saved "
+                 "adapter onto its base in float32 (bf16 matmuls are several times slower on "
+                 "this CPU). Peak RSS: the row's own process, read after training, before that "
+                 "reload.",
                  "", *_claim(rows["claim"], args), "", *_verdict(rows["claim"]),
                  *_bnb(rows["claim"]), ""]
     if rows["recover"]:
