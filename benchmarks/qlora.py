@@ -84,7 +84,7 @@ def child_train(args) -> dict:
         model = res.model
         row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
                    optimizer_bytes=res.log.optimizer_bytes, losses=res.log.losses,
-                   dequant_bytes=res.record["dequant_bytes"])
+                   dequant_bytes=res.record["dequant_bytes"], **_train_memory(res.record))
     row["peak_rss_mb"] = peak_rss_mb()
     if args.steps:
         row["bnb"] = eight_bit_states(model)
@@ -93,6 +93,15 @@ def child_train(args) -> dict:
     del model
     row.update(_held_out_accuracy(*_float32_for_eval(args, out), args))
     return row
+
+
+def _train_memory(record: dict) -> dict:
+    """RSS before training and its peak during training (``lowbit.eval.memory``: the kernel's
+    reset high-water mark), so that loading's transients (a bf16 model is read in float32 and
+    cast) are not counted as training memory."""
+    m = record["train_memory"]
+    return {"train_rss_before_mb": m["rss_before_bytes"] / 2**20,
+            "train_peak_rss_mb": m["peak_rss_bytes"] / 2**20, "train_rss_method": m["method"]}
 
 
 def _float32_for_eval(args, out: Path):
@@ -166,20 +175,27 @@ def child_recover(args) -> dict:
                           dtype=torch.float32, progress=False, dequant=args.dequant)
     row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
                peak_rss_mb=peak_rss_mb(), losses=res.log.losses,
-               data=res.record["data"])
+               data=res.record["data"], **_train_memory(res.record))
     row["after"] = _divergence(base, res.model, windows)
     row["merged"] = _divergence(base, merge_into_quantized(res.model), windows)
     return row
 
 
 def run_child(kind: str, label: str, base: str, args, extra: list[str]) -> dict:
+    """Run one row in a fresh process, or reuse its JSON from an earlier run of the same
+    settings (a rerun resumes after the last finished row)."""
     out = Path(args.work) / f"{kind}-{label}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--label", label, "--base", base,
            "--json", str(out), *extra, *passthrough(args)]
+    settings = cmd[3:]
+    if out.is_file() and json.loads(out.read_text()).get("settings") == settings:
+        print(f"{kind} {label}: reused {out}", flush=True)
+        return json.loads(out.read_text())
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": "src"})
     row = json.loads(out.read_text())
-    row["wall_seconds"] = time.perf_counter() - t0
+    row.update(wall_seconds=time.perf_counter() - t0, settings=settings)
+    out.write_text(json.dumps(row))
     print(f"{kind} {label}: {row.get('acc', '')} {row.get('after', '')} "
           f"({row['wall_seconds']:.0f} s)", flush=True)
     return row

@@ -30,16 +30,21 @@ def _dequant(args: Any) -> str:
                    "(`--dequant all`; counted in peak RSS)."}[mode]
 
 
+def _mb(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
 def _claim(rows: list[dict], args: Any) -> list[str]:
     lines = ["| base format | trainable params | steps | wall time (s) | peak RSS (MB) | "
-             "base weights in memory (MB) | dequantized held (MB) | optimizer state (MB) | "
-             "first → last loss | held-out accuracy [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "peak RSS training (MB) | base weights in memory (MB) | dequantized held (MB) | "
+             "optimizer state (MB) | first → last loss | held-out accuracy [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         loss = f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f}" if r["losses"] else "–"
         wall = f"{r['seconds']:.0f}" if r["steps"] else "–"
         lines.append(f"| {r['label']} | {r['trainable']:,} | {r['steps']} | {wall} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['weight_bytes'] / 1e6:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {_mb(r.get('train_peak_rss_mb'))} | "
+                     f"{r['weight_bytes'] / 1e6:.0f} | "
                      f"{r.get('dequant_bytes', 0) / 1e6:.0f} | "
                      f"{r['optimizer_bytes'] / 1e6:.1f} | {loss} | {_ci(r)} |")
     return lines
@@ -57,9 +62,16 @@ def _verdict(rows: list[dict]) -> list[str]:
         inside = ref["low"] <= r["acc"] <= ref["high"]
         out.append(f"- {label}: accuracy {r['acc']:.3f} is {'inside' if inside else 'outside'} "
                    f"16-bit LoRA's interval [{ref['low']:.3f}, {ref['high']:.3f}]; peak RSS "
-                   f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x and base weights "
-                   f"{r['weight_bytes'] / ref['weight_bytes']:.2f}x the 16-bit row's.")
+                   f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x{_train_ratio(r, ref)} and "
+                   f"base weights {r['weight_bytes'] / ref['weight_bytes']:.2f}x the 16-bit "
+                   "row's.")
     return out
+
+
+def _train_ratio(r: dict, ref: dict) -> str:
+    if r.get("train_peak_rss_mb") is None or ref.get("train_peak_rss_mb") is None:
+        return ""
+    return f" (while training: {r['train_peak_rss_mb'] / ref['train_peak_rss_mb']:.2f}x)"
 
 
 def _bnb(rows: list[dict]) -> list[str]:
@@ -106,7 +118,9 @@ def write_report(out: Path, rows: dict[str, list[dict]], args: Any) -> None:
                  "log-likelihood), Wilson 95% interval, computed after reloading the saved "
                  "adapter onto its base in float32 (bf16 matmuls are several times slower on "
                  "this CPU). Peak RSS: the row's own process, read after training, before that "
-                 "reload.",
+                 "reload, loading included (a bf16 model is read in float32, then cast); peak "
+                 "RSS training: from the start of training to its end (the kernel's peak mark "
+                 "reset when training starts), the base weights and everything training adds.",
                  "", *_claim(rows["claim"], args), "", *_verdict(rows["claim"]),
                  *_bnb(rows["claim"]), ""]
     if rows["recover"]:

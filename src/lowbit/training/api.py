@@ -137,6 +137,7 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
     ``scheme`` first when given) and write ``out``. ``dequant``: where a quantized layer's
     backward gets its weight (:mod:`lowbit.nn_grad`); ``train``: :class:`TrainSettings` fields."""
     from lowbit import nn_grad
+    from lowbit.eval.memory import peak_memory
     from lowbit.training import loop, output
     from lowbit.training.lora import attach_lora, trainable_parameters
 
@@ -168,14 +169,14 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
     loss_fn = loop.kl_loss_fn(teacher) if teacher is not None else loop.lm_loss_fn()
     t0 = time.perf_counter()
     nn_grad.METER.reset()
-    log = loop.train(peft_model, examples, loss_fn, settings, out, progress=progress,
-                     pad_id=int(tok.pad_token_id or tok.eos_token_id or 0))
+    log, mem = peak_memory(loop.train, peft_model, examples, loss_fn, settings, out,
+                           progress=progress, pad_id=int(tok.pad_token_id or tok.eos_token_id or 0))
     seconds = time.perf_counter() - t0
     output.save_adapter(peft_model, out)
     record.update(status="done", steps=log.step, losses=log.losses, seconds=seconds,
                   trainable_params=trainable_parameters(peft_model),
                   optimizer_bytes=log.optimizer_bytes, examples=len(examples),
-                  step_seconds=log.step_seconds, dequant=dequant,
+                  step_seconds=log.step_seconds, dequant=dequant, train_memory=mem.to_dict(),
                   dequant_bytes=nn_grad.METER.peak + nn_grad.dequant_cache_bytes(peft_model))
     output.write_record(out, record)
     if merge:  # on a copy: the returned model keeps its adapters
