@@ -3,8 +3,9 @@
 A short ``lowbit finetune`` per mode (and one 16-bit LoRA run for scale) on a question file, each
 in a fresh process whose peak RSS is read by a wrapper process; the checkpoint is made once with
 ``lowbit quantize``. Step time: the median of each run's steps after the first (the first builds
-``all``'s cache). Writes ``benchmarks/results/qlora_dequant.md``; run under
-``flock /work/notes/timing.lock``.
+``all``'s cache). Then the modes' step times again in one process, interleaved round by round
+(the same model and batches), wall and CPU seconds, so that their ratios hold on a busy machine.
+Writes ``benchmarks/results/qlora_dequant.md``; run under ``flock /work/notes/timing.lock``.
 
     PYTHONPATH=src python benchmarks/qlora_dequant.py --steps 4
 """
@@ -64,6 +65,51 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def interleaved(args: argparse.Namespace, base: str) -> list[str]:
+    """Each mode's steps in turn (``--rounds`` rounds of ``--steps`` steps): median wall and
+    CPU seconds per step, the first round left out (caches, allocator)."""
+    import time
+
+    import torch
+
+    import lowbit
+    from lowbit import kernels
+    from lowbit.data import load_questions
+    from lowbit.nn import quantized_layers
+    from lowbit.nn_grad import set_grad_dequant
+    from lowbit.training import loop
+    from lowbit.training.examples import question_examples, split_questions
+    from lowbit.training.lora import attach_lora
+
+    model, tok = lowbit.load_model(base, dtype=torch.bfloat16)
+    train, _ = split_questions(load_questions(args.questions), 0.3, 0)
+    examples = question_examples(tok, train, args.length)
+    peft = attach_lora(model, r=16)
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    for rnd in range(args.rounds):
+        for mode in MODES:
+            with kernels.saved(model):
+                set_grad_dequant(model, mode)
+                for layer in quantized_layers(model).values():  # all: its cache built untimed
+                    layer.run_kernel(torch.zeros(1, layer.in_features, dtype=torch.bfloat16), None)
+                w0, c0 = time.perf_counter(), time.process_time()
+                loop.train(peft, examples, loop.lm_loss_fn(), loop.TrainSettings(
+                    steps=args.steps, batch_size=args.batch, seed=rnd), progress=False)
+                if rnd:
+                    times[mode].append(((time.perf_counter() - w0) / args.steps,
+                                        (time.process_time() - c0) / args.steps))
+    lines = ["", f"Interleaved in one process: {args.rounds - 1} rounds of {args.steps} steps "
+             "per mode after a first round left out (all's cache built before its steps, untimed); "
+             "seconds per step, median over rounds.", "",
+             "| mode | wall (s/step) | CPU (s/step) | CPU vs recompute |", "|---|---:|---:|---:|"]
+    ref = statistics.median(c for _, c in times["recompute"])
+    for mode in MODES:
+        wall = statistics.median(w for w, _ in times[mode])
+        cpu = statistics.median(c for _, c in times[mode])
+        lines.append(f"| {mode} | {wall:.2f} | {cpu:.2f} | {cpu / ref:.2f}x |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(Path.home() / ".cache/lowbit/bench-qlora"))
@@ -73,14 +119,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=96)
     p.add_argument("--modes", default=",".join(MODES) + ",bf16")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (0: none)")
     args = p.parse_args()
     base = str(checkpoint(Path(args.work), "nf4-g64-dq"))
     rows = []
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         rows.append(run_mode(args, MODEL if mode == "bf16" else base,
                              None if mode == "bf16" else mode))
         write_text_atomic(Path(args.out), table(rows, args))
         print(table(rows, args), flush=True)
+    if args.rounds > 1:
+        text = table(rows, args) + "\n".join(interleaved(args, base)) + "\n"
+        write_text_atomic(Path(args.out), text)
+        print(text, flush=True)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,10 @@ def test_cli_finetune_then_eval(tiny_hf_dir, questions, tmp_path, capsys) -> Non
     assert "lowbit eval" in capsys.readouterr().out
     assert main(["eval", str(out), "--text", str(text), "--choice", str(questions),
                  "--no-speed", "--max-tokens", "200", "--context", "64"]) == 0
-    shown = capsys.readouterr().out
-    assert "KL mean" in shown and f"baseline: {tiny_hf_dir}" in shown
+    cap = capsys.readouterr()
+    assert "KL mean" in cap.out and f"baseline: {tiny_hf_dir}" in cap.out
+    # the question file was the training data: eval says its score is not held out
+    assert cap.err.count("trained on it") == 1 and "q.jsonl" in cap.err
 
 
 def test_dequant_modes_train_alike_and_count_what_they_hold(tiny_hf_dir, questions, tmp_path

@@ -60,6 +60,17 @@ def default_baseline(model: str) -> str | None:
     return path
 
 
+def warn_trained_on(model: str, settings: Any) -> None:
+    """A fine-tune evaluated on files it trained on: say so (stderr) before the run."""
+    import sys
+
+    from lowbit.training.output import is_finetune_output, trained_on
+
+    if is_finetune_output(model):
+        for line in trained_on(model, settings.texts, settings.choice):
+            print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import lowbit
     from lowbit.eval.layers import folder_bytes, layer_table
@@ -72,6 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     check_data(settings)
+    warn_trained_on(args.model, settings)
     if args.json:
         from lowbit.storage.atomic import check_output_path
 

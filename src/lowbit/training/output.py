@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,29 @@ def eval_baseline(folder: str | os.PathLike) -> str | None:
     """The float model a fine-tune's evaluation compares with: the base it was trained from."""
     rec = read_record(folder)
     return rec.get("float_base") or rec["base"]
+
+
+def trained_on(folder: str | os.PathLike, texts: Sequence[str], choice: Sequence[str]
+               ) -> list[str]:
+    """Warnings for the evaluation files a fine-tune trained on: scores on them are not a
+    held-out measure (a question file's held-out split is not what ``lowbit eval`` scores)."""
+    from lowbit import data
+    from lowbit.training.examples import is_question_file
+
+    rec = read_record(folder)
+
+    def where(name: str, question: bool) -> Path | None:
+        try:
+            return (data.choice_path(name) if question else data.text_path(name)).resolve()
+        except (OSError, ValueError):
+            return None
+
+    used = {where(d, is_question_file(d)) for d in rec.get("data", [])} - {None}
+    out = []
+    for name, question in [(t, False) for t in texts] + [(c, True) for c in choice]:
+        if where(name, question) in used:
+            split = (f" (its {rec.get('held_out') or 0:.0%} held-out split included)"
+                     if question else "")
+            out.append(f"{name}: this fine-tune trained on it{split}, so its score here is not "
+                       "a held-out measure")
+    return out
