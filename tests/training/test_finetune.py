@@ -164,7 +164,7 @@ def test_cli_finetune_then_eval(tiny_hf_dir, questions, tmp_path, capsys) -> Non
     cap = capsys.readouterr()
     assert "KL mean" in cap.out and f"baseline: {tiny_hf_dir}" in cap.out
     # the question file was the training data: eval says its score is not held out
-    assert cap.err.count("trained on it") == 1 and "q.jsonl" in cap.err
+    assert cap.err.count("trained on it") == 1 and "q.jsonl" in cap.err, cap.err
 
 
 def test_dequant_modes_train_alike_and_count_what_they_hold(tiny_hf_dir, questions, tmp_path

@@ -111,8 +111,8 @@ def trained_on(folder: str | os.PathLike, texts: Sequence[str], choice: Sequence
     out = []
     for name, question in [(t, False) for t in texts] + [(c, True) for c in choice]:
         if where(name, question) in used:
-            split = (f" (its {rec.get('held_out') or 0:.0%} held-out split included)"
-                     if question else "")
-            out.append(f"{name}: this fine-tune trained on it{split}, so its score here is not "
-                       "a held-out measure")
+            part = ("on all but a held-out split of it, and eval scores every question"
+                    if question and rec.get("held_out") else "on it")
+            out.append(f"{name}: this fine-tune trained {part}, so its score here is not a "
+                       "held-out measure")
     return out
