@@ -52,15 +52,19 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# QLoRA per `--dequant` mode ({MODEL}, nf4-g64-dq, CPU)", "",
              f"`lowbit finetune` on {args.questions}: {args.steps} steps of {args.batch} examples,"
              f" length ≤ {args.length}, bf16, each run a fresh process (2 cores shared). Step "
-             "time: median of the steps after the first. Dequantized: float weights held at the "
-             "peak for backward passes (counted by `lowbit.nn_grad`). Produced by "
+             "time: median of the steps after the first. Peak RSS: the process, loading "
+             "included; training: from the start of training (`finetune.json`'s "
+             "`train_memory`). Dequantized: float weights held at the peak for backward passes "
+             "(counted by `lowbit.nn_grad`). Produced by "
              "`benchmarks/qlora_dequant.py`.", "",
-             "| run | median step (s) | first step (s) | peak RSS (MB) | dequantized held (MB) |"
-             " first → last loss |", "|---|---:|---:|---:|---:|---|"]
+             "| run | median step (s) | first step (s) | peak RSS (MB) | peak RSS training (MB) |"
+             " dequantized held (MB) | first → last loss |", "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         st = r["step_seconds"]
         lines.append(f"| {r['label']} | {statistics.median(st[1:] or st):.2f} | {st[0]:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r.get('dequant_bytes', 0) / 1e6:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | "
+                     f"{r['train_memory']['peak_rss_bytes'] / 2**20:.0f} | "
+                     f"{r.get('dequant_bytes', 0) / 1e6:.0f} | "
                      f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f} |")
     return "\n".join(lines) + "\n"
 
