@@ -216,3 +216,19 @@ def test_other_fp4_schemes_requantize_to_nvfp4_or_a_channel_fp8():
     assert str(requantize_for(Scheme.parse("fp4-e2m1-g32"), 256)) == "nvfp4"
     assert str(requantize_for(Scheme.parse("mxfp4"), 200)) == "fp8-e4m3-channel"
     assert support(Scheme.parse("nvfp4"))[0] == "lossless"
+
+
+def test_tiny_llama_fp4_other_than_nv_mx_is_refused_or_requantized_to_nvfp4(tiny_llama, tmp_path):
+    from lowbit.export.compressed_tensors import to_compressed_tensors
+
+    ckpt = _checkpoint(tiny_llama, tmp_path, "fp4-e2m1-g32", exclude=["lm_head"])
+    with pytest.raises(ValueError, match=r"\(fp4-e2m1-g32\).*nvfp4"):
+        to_compressed_tensors(ckpt, tmp_path / "ct")
+    report = to_compressed_tensors(ckpt, tmp_path / "ct", requantize=True)
+    assert report.formats == {"nvfp4-pack-quantized": 14}
+    assert set(report.requantized.values()) == {"nvfp4"}
+    loaded, _ = lowbit.load_model(tmp_path / "ct", dtype=torch.bfloat16)
+    ours, _ = lowbit.load(ckpt)
+    name = "model.layers.1.mlp.down_proj"
+    nv = lowbit.quantize_tensor(ours.get_submodule(name).qweight.dequantize(), "nvfp4")
+    assert torch.equal(loaded.get_submodule(name).weight, nv.dequantize().bfloat16())
