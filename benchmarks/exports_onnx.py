@@ -8,7 +8,7 @@ perplexity both give on the same windows; session load time; decode tok/s of ORT
 (its chosen CPU kernels), measured by ``lowbit.eval.speed.measure_speed``, and of llama.cpp
 (llama-cpp-python) on the nearest GGUF of the same float model (`gguf_type`: 8-bit -> Q8_0,
 symmetric 4-bit -> Q4_0, asymmetric -> Q4_1: the model quantized to that ggml type with the
-same float parts, lm_head float too, exported to GGUF as stored), all in the same run with
+same float parts, lm_head unquantized too, exported to GGUF as stored), all in the same run with
 the same threads (``--threads``, default 2), prompt (64 tokens) and new tokens (32), each
 timed under ``flock /work/notes/timing.lock`` when that file exists. Then ORT's
 ``MatMulNBitsQuantizer`` on
@@ -261,8 +261,10 @@ def header(args: argparse.Namespace) -> list[str]:
         "lowbit's chosen CPU kernels and llama.cpp (llama-cpp-python "
         f"{_llamacpp_version()}) on the nearest GGUF type (in brackets; 8-bit -> Q8_0, "
         "symmetric 4-bit -> Q4_0, asymmetric -> Q4_1: the model quantized by lowbit to that "
-        "ggml type, embedding and lm_head float as in the ONNX rows, exported to GGUF as "
-        f"stored), same run, {args.threads} threads each, each timed under a timing lock (the "
+        "ggml type, embedding and lm_head left unquantized as in the ONNX rows, exported to "
+        "GGUF as stored; the GGUF holds the token embedding, which a tied head shares, in F16 "
+        "where the built-in's template GGUF does, ORT's graph in fp32), "
+        f"same run, {args.threads} threads each, each timed under a timing lock (the "
         "machine is shared: compare within a row). *requantized*: a float-zero-point scheme "
         "ONNX cannot hold, rewritten to the "
         "-zpint scheme shown. Float tensors (embedding, tied head, norms) are fp32 in the "
