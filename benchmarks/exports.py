@@ -44,6 +44,7 @@ ROWS = [
     (G, "int8-sym-channel", CT), (S, "int4-sym-g64", CT), (S, "int4-asym-g32-zpint", CT),
     (S, "int4-asym-g128-zpint", CTR), (G, "int4-sym-g64", CT), (G, "int4-sym-g128", CT),
     (G, "int4-asym-g32-zpint", CT), (G, "int4-asym-g128-zpint", CT),
+    (S, "mxfp4", CT), (S, "nvfp4", CT), (G, "mxfp4", CT), (G, "nvfp4", CT),
 ]
 TEXT = "sotu-2000-2015.txt"  # an evaluation text (never calibration)
 CONTEXT, TOKENS = 256, 1024  # 4 windows, the same for every row
@@ -123,12 +124,13 @@ def _done() -> dict[tuple[str, str, str], dict]:
     return {(r["model"], r["scheme"], r["target"]): r for r in rows}
 
 
-def run(models: list[str]) -> None:
+def run(models: list[str], schemes: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     done = _done()
     todo = [(m, s, t) for m, s, t in ROWS
-            if m in models and (m, s, t.partition("+")[0]) not in done]
+            if m in models and (m, s, t.partition("+")[0]) not in done
+            and (schemes is None or s in schemes)]
     for m, s, t in tqdm(todo, desc="exports", unit="row"):
         row = _row(m, s, t)
         with RESULTS.open("a") as f:
@@ -153,7 +155,9 @@ def write_md() -> None:
              f"`benchmarks/exports.py`: rtn checkpoints exported by `lowbit export --to T`; "
              f"{TOKENS} tokens of `{TEXT}` in windows of {CONTEXT}; max |Δlogit| on the first "
              "window against lowbit's reference kernel. compressed-tensors is read by its own "
-             "decompressors (`lowbit.load_model`), bitsandbytes by transformers (Linear4bit, "
+             "decompressors (`lowbit.load_model`; they dequantize `nvfp4`/`mxfp4` to bfloat16, "
+             "exact for MXFP4, NVFP4 weights rounded to bfloat16), bitsandbytes by transformers "
+             "(Linear4bit, "
              "bitsandbytes' bfloat16 CPU kernel, norms and embeddings cast to float32). "
              "Load time: the folder into the runtime, on the CPU, under the timing lock.", "",
              "| model | target | scheme | size MB | written | max \\|Δlogit\\| | PPL target | "
@@ -182,13 +186,14 @@ def write_md() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=list(MODELS))
+    p.add_argument("--schemes", nargs="*", default=None, help="only these configured rows")
     p.add_argument("--load-times", action="store_true")
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.load_times:
         load_times()
     else:
-        run(args.models)
+        run(args.models, args.schemes)
     write_md()
 
 

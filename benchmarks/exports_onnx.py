@@ -5,12 +5,18 @@ default), export with ``lowbit.export.onnx.model_to_onnx``, and run the folder i
 on the CPU (``OrtDecoder``). Columns: folder size; lossless (codes written as stored) or
 requantized; max |logit difference| against lowbit's reference kernel over the windows; the
 perplexity both give on the same windows; session load time; decode tok/s of ORT and of lowbit
-(its chosen CPU kernels), measured by ``lowbit.eval.speed.measure_speed`` in the same run, under
-``flock /work/notes/timing.lock`` when that file exists. Then ORT's ``MatMulNBitsQuantizer`` on
+(its chosen CPU kernels), measured by ``lowbit.eval.speed.measure_speed``, and of llama.cpp
+(llama-cpp-python) on the nearest GGUF of the same float model (`gguf_type`: 8-bit -> Q8_0,
+symmetric 4-bit -> Q4_0, asymmetric -> Q4_1: the model quantized to that ggml type with the
+same float parts, lm_head unquantized too, exported to GGUF as stored), all in the same run with
+the same threads (``--threads``, default 2), prompt (64 tokens) and new tokens (32), each
+timed under ``flock /work/notes/timing.lock`` when that file exists. Then ORT's
+``MatMulNBitsQuantizer`` on
 the float ONNX export of the same model (same MatMuls, lm_head excluded), beside lowbit's
 export of the matching scheme. Writes benchmarks/results/exports_onnx.md atomically.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/exports_onnx.py [--models smollm2-135m]
+    PYTHONPATH=src .venv/bin/python benchmarks/exports_onnx.py [--models smollm2-135m] \
+        [--schemes int4-sym-g32 ...] [--tokens 1024] [--threads 2]
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ SCHEMES = ("int4-sym-g32", "int4-sym-g64", "int4-sym-g128", "int4-asym-g32-zpint
            "int4-asym-g32")  # the last: float zero point, written with --requantize
 ORT_QUANT = (("int4-sym-g32", 32, True), ("int4-asym-g128-zpint", 128, False))
 TEXT = "sotu-2000-2015.txt"
+PROMPT, NEW, REPEATS = 64, 32, 3  # decode speed: prompt tokens, new tokens, timed runs
+THREADS = [2]  # set from --threads before anything runs
 
 
 @contextlib.contextmanager
@@ -54,8 +62,51 @@ def decode_speed(model) -> float:
     from lowbit.eval.speed import measure_speed
 
     with timing_lock():
-        s = measure_speed(model, prompt_tokens=64, new_tokens=32, repeats=3, warmup=1)
+        s = measure_speed(model, prompt_tokens=PROMPT, new_tokens=NEW, repeats=REPEATS,
+                          warmup=1)
     return s.decode_tokens_per_s
+
+
+def gguf_type(scheme: str) -> str:
+    """The llama.cpp type nearest to ``scheme``: 8-bit -> Q8_0, symmetric 4-bit -> Q4_0
+    (int4-sym-g32 is exactly Q4_0), asymmetric 4-bit -> Q4_1."""
+    from lowbit.core.scheme import Scheme
+
+    s = Scheme.parse(scheme)
+    return "Q8_0" if s.bits == 8 else ("Q4_0" if s.symmetric else "Q4_1")
+
+
+def llamacpp_decode(float_model, tok, qtype: str, work: Path) -> float:
+    """llama.cpp's decode tok/s on the model quantized to the ggml type ``qtype`` (lm_head
+    and embedding float, as in the ONNX rows) and exported to GGUF as stored: the same prompt
+    length, new tokens, repeats and threads as `decode_speed`."""
+    from llama_cpp import Llama
+
+    import lowbit
+    from lowbit.export import to_gguf
+
+    path = work / f"{qtype}.gguf"
+    if not path.exists():
+        model = copy.deepcopy(float_model)
+        lowbit.quantize(model, qtype.lower(), progress=False)
+        ckpt = lowbit.save(model, work / f"ckpt-{qtype}", tokenizer=tok)
+        to_gguf(ckpt, path)
+    vocab = int(float_model.config.vocab_size)
+    ids = torch.randint(0, vocab, (PROMPT,), generator=torch.Generator().manual_seed(0)).tolist()
+    llm = Llama(model_path=str(path), n_ctx=PROMPT + NEW + 8, n_batch=PROMPT, n_ubatch=PROMPT,
+                n_threads=THREADS[0], n_threads_batch=THREADS[0], verbose=False)
+    times = []
+    with timing_lock():
+        for k in range(1 + REPEATS):  # the first run is the warm-up
+            llm.reset()
+            llm.eval(ids)
+            t0 = time.perf_counter()
+            for j in range(NEW):
+                llm.eval([ids[j]])
+            if k:
+                times.append(time.perf_counter() - t0)
+    llm.close()
+    return NEW / sorted(times)[len(times) // 2]
 
 
 def ort_side(folder: Path, lowbit_model, windows) -> dict:
@@ -64,7 +115,7 @@ def ort_side(folder: Path, lowbit_model, windows) -> dict:
     from lowbit.runtimes.onnxruntime_model import OrtDecoder
 
     t0 = time.perf_counter()
-    ort = OrtDecoder(folder)
+    ort = OrtDecoder(folder, threads=THREADS[0])
     row = {"load_s": time.perf_counter() - t0,
            "mb": sum(f.stat().st_size for f in folder.iterdir()) / 2**20,
            "ppl_ort": perplexity(ort, windows, progress=False).perplexity}
@@ -86,11 +137,14 @@ def scheme_row(float_model, tok, scheme: str, work: Path, windows) -> dict:
     lowbit.quantize(model, scheme, progress=False)
     report = model_to_onnx(model, tok, work / scheme, source=scheme, requantize=True)
     lowbit_tok_s = decode_speed(model)
+    qtype = gguf_type(scheme)
+    llama_tok_s = llamacpp_decode(float_model, tok, qtype, work)
     lowbit.kernels.use(model, "reference", cache_weight=True)
     row = {"scheme": scheme, "how": "requantized" if report.requantized else "lossless",
            "ops": ", ".join(f"{n} {op}" for op, n in report.op_counts().items()),
            "ppl_lowbit": perplexity(model, windows, progress=False).perplexity,
-           "lowbit_tok_s": lowbit_tok_s, "written": report.layers[next(iter(report.layers))][
+           "lowbit_tok_s": lowbit_tok_s, "gguf": qtype, "llamacpp_tok_s": llama_tok_s,
+           "written": report.layers[next(iter(report.layers))][
                "scheme"]}
     row.update(ort_side(report.path, model, windows))
     return row
@@ -129,7 +183,8 @@ def table_row(name: str, r: dict) -> str:
     return (f"| {name} | {r['scheme']} → {r['written']} | {r['ops']} | {r['how']} | "
             f"{r['mb']:.1f} | {r['max_dlogit']:.2e} | {r['ppl_lowbit']:.4f} | "
             f"{r['ppl_ort']:.4f} | {100 * (r['ppl_ort'] / r['ppl_lowbit'] - 1):+.3f} % | "
-            f"{r['load_s']:.2f} | {r['ort_tok_s']:.1f} | {r['lowbit_tok_s']:.1f} |")
+            f"{r['load_s']:.2f} | {r['ort_tok_s']:.1f} | {r['lowbit_tok_s']:.1f} | "
+            f"{r['llamacpp_tok_s']:.1f} ({r['gguf']}) |")
 
 
 def one_model(name: str, work: Path, tokens: int, schemes: list[str], write,
@@ -159,7 +214,11 @@ def main() -> None:
                     help="skip ORT's MatMulNBitsQuantizer rows")
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to write")
     ap.add_argument("--tokens", type=int, default=1024, help="evaluation tokens (256 a window)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="threads of ORT, lowbit (torch) and llama.cpp alike")
     args = ap.parse_args()
+    THREADS[0] = args.threads
+    torch.set_num_threads(args.threads)
     done: dict[str, list[str]] = {"table": [], "ortq": []}
 
     def write(table: list[str] = (), ortq: list[str] = ()) -> None:
@@ -189,7 +248,7 @@ def header(args: argparse.Namespace) -> list[str]:
     return [
         "# ONNX export, checked by ONNX Runtime (CPU)", "",
         f"Written by `benchmarks/exports_onnx.py --models {' '.join(args.models)} --tokens "
-        f"{args.tokens} --schemes {' '.join(args.schemes)}"
+        f"{args.tokens} --threads {args.threads} --schemes {' '.join(args.schemes)}"
         f"{' --no-ort-quantizer' if args.no_ort_quantizer else ''}`. "
         "Round-to-nearest quantization (lm_head float), exported by "
         "`lowbit export --to onnx` (onnxruntime-genai's fp32 builder graph, quantized Linears "
@@ -197,16 +256,30 @@ def header(args: argparse.Namespace) -> list[str]:
         f"{_ort_version()} on the CPU. Perplexity on the first {args.tokens} tokens of {TEXT} "
         "(256-token windows, second half scored); lowbit's figures from its reference kernel "
         "(the scheme's own numbers); *max abs Δlogit* over every position of those windows. "
-        "*decode tok/s*: 64-token prompt, 32 new tokens, batch 1, median of 3, ORT's session "
-        "(MatMulNBits accuracy_level 0: fp32 activations) beside lowbit's chosen CPU kernels, "
-        "same run, 2 threads, under a timing lock (the machine is shared: compare within a "
-        "row). *requantized*: a float-zero-point scheme ONNX cannot hold, rewritten to the "
+        f"*decode tok/s*: {PROMPT}-token prompt, {NEW} new tokens, batch 1, median of "
+        f"{REPEATS}, ORT's session (MatMulNBits accuracy_level 0: fp32 activations) beside "
+        "lowbit's chosen CPU kernels and llama.cpp (llama-cpp-python "
+        f"{_llamacpp_version()}) on the nearest GGUF type (in brackets; 8-bit -> Q8_0, "
+        "symmetric 4-bit -> Q4_0, asymmetric -> Q4_1: the model quantized by lowbit to that "
+        "ggml type, embedding and lm_head left unquantized as in the ONNX rows, exported to "
+        "GGUF as stored; the GGUF holds the token embedding, which a tied head shares, in F16 "
+        "where the built-in's template GGUF does, ORT's graph in fp32), "
+        f"same run, {args.threads} threads each, each timed under a timing lock (the "
+        "machine is shared: compare within a row). *requantized*: a float-zero-point scheme "
+        "ONNX cannot hold, rewritten to the "
         "-zpint scheme shown. Float tensors (embedding, tied head, norms) are fp32 in the "
         "builder's CPU graph, which dominates the folder size of a 135M model.", "",
         "| model | scheme → written | operators | codes | MB | max abs Δlogit | PPL lowbit | "
-        "PPL ORT | gap | load s | ORT decode tok/s | lowbit decode tok/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "PPL ORT | gap | load s | ORT decode tok/s | lowbit decode tok/s | "
+        "llama.cpp decode tok/s (GGUF) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+
+def _llamacpp_version() -> str:
+    import llama_cpp
+
+    return llama_cpp.__version__
 
 
 def _ort_version() -> str:

@@ -255,9 +255,12 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"claim": [], "recover": []}
     parts = args.parts.split(",")
     steps = ["--steps", str(args.steps)]
-    jobs = [("claim", "train", "bf16", MODEL, steps)] if "claim" in parts else []
-    jobs += [("claim", "train", s, s, steps) for s in QLORA_SCHEMES if "claim" in parts]
-    jobs += [("recover", "recover", s, s, []) for s in RECOVER_SCHEMES if "recover" in parts]
+    claim = [("claim", "train", "bf16", MODEL, steps)]
+    claim += [("claim", "train", s, s, steps) for s in QLORA_SCHEMES]
+    recover = [("recover", "recover", s, s, []) for s in RECOVER_SCHEMES]
+    # the rows each goal needs first (16-bit LoRA, nf4, int4 recovery), so a cut run has them
+    claim, recover = (claim if "claim" in parts else []), (recover if "recover" in parts else [])
+    jobs = claim[:2] + recover[:1] + claim[2:] + recover[1:]
     if "untrained" in parts:
         jobs.append(("claim", "train", "bf16 (untrained)", MODEL, ["--steps", "0"]))
     for part, kind, label, base, extra in jobs:

@@ -176,3 +176,59 @@ def test_transformers_default_route_fails_on_the_librarys_own_asymmetric_layers(
     compressor.update_config(tmp_path / "own")
     with pytest.raises(RuntimeError, match="mismatched_sizes"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "own", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4"])
+def test_fp4_goes_out_as_stored_in_the_librarys_own_fp4_formats(name):
+    """The packed bytes and scale bytes are lowbit's; the library's unpacking reads lowbit's
+    E2M1 values and scales; its decompressor gives lowbit's weights (MXFP4 exactly, NVFP4
+    rounded to bfloat16, the dtype compressed-tensors 0.20.1 dequantizes FP4 to)."""
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+
+    from lowbit.core.packing import unpack
+    from lowbit.export.ct_layout import to_ct
+
+    torch.manual_seed(3)
+    qt = lowbit.quantize_tensor(torch.randn(48, 256) * 0.05, name)
+    layer = to_ct(qt)
+    assert layer.format == f"{name}-pack-quantized"
+    assert set(layer.tensors) == ({"weight_packed", "weight_scale"}
+                                  | ({"weight_global_scale"} if name == "nvfp4" else set()))
+    codes = unpack(qt.codes, 4, qt.numel).view(qt.shape)
+    values = unpack_fp4_from_uint8(layer.tensors["weight_packed"], 48, 256, dtype=torch.float32)
+    assert torch.equal(values, qt.scheme.element_format.decode(codes))
+    assert torch.equal(layer.tensors["weight_scale"].view(torch.uint8), qt.scale)
+    weight, want = _decompress(layer), qt.dequantize()
+    assert weight.dtype == torch.bfloat16
+    if name == "mxfp4":
+        assert torch.equal(weight.float(), want)
+    else:
+        assert torch.equal(weight, want.to(torch.bfloat16))
+        assert not torch.equal(weight.float(), want)  # why the status note says bfloat16
+
+
+def test_other_fp4_schemes_requantize_to_nvfp4_or_a_channel_fp8():
+    from lowbit.core.scheme import Scheme
+    from lowbit.export.ct_layout import requantize_for, support
+
+    assert support(Scheme.parse("fp4-e2m1-g32"))[0] == "requantize"
+    assert "nvfp4 (fp4-e2m1-g16-e4m3scale-ts)" in support(Scheme.parse("fp4-e2m1-g32"))[1]
+    assert str(requantize_for(Scheme.parse("fp4-e2m1-g32"), 256)) == "nvfp4"
+    assert str(requantize_for(Scheme.parse("mxfp4"), 200)) == "fp8-e4m3-channel"
+    assert support(Scheme.parse("nvfp4"))[0] == "lossless"
+
+
+def test_tiny_llama_fp4_other_than_nv_mx_is_refused_or_requantized_to_nvfp4(tiny_llama, tmp_path):
+    from lowbit.export.compressed_tensors import to_compressed_tensors
+
+    ckpt = _checkpoint(tiny_llama, tmp_path, "fp4-e2m1-g32", exclude=["lm_head"])
+    with pytest.raises(ValueError, match=r"\(fp4-e2m1-g32\).*nvfp4"):
+        to_compressed_tensors(ckpt, tmp_path / "ct")
+    report = to_compressed_tensors(ckpt, tmp_path / "ct", requantize=True)
+    assert report.formats == {"nvfp4-pack-quantized": 14}
+    assert set(report.requantized.values()) == {"nvfp4"}
+    loaded, _ = lowbit.load_model(tmp_path / "ct", dtype=torch.bfloat16)
+    ours, _ = lowbit.load(ckpt)
+    name = "model.layers.1.mlp.down_proj"
+    nv = lowbit.quantize_tensor(ours.get_submodule(name).qweight.dequantize(), "nvfp4")
+    assert torch.equal(loaded.get_submodule(name).weight, nv.dequantize().bfloat16())

@@ -31,10 +31,10 @@ def _ids(tok):
     return tok(read_text("sotu-2000-2015.txt")[:2000], return_tensors="pt").input_ids[:, :64]
 
 
-def _lowbit_logits(ckpt, ids):
+def _lowbit_logits(ckpt, ids, dtype=torch.float32):
     from lowbit.kernels.choice import using
 
-    model, _ = lowbit.load(ckpt)
+    model, _ = lowbit.load(ckpt, dtype=dtype)
     with torch.no_grad(), using(model, "reference", cache_weight=True):
         return model, model(ids).logits
 
@@ -59,6 +59,34 @@ def test_smollm2_compressed_tensors_in_transformers(smollm2, tmp_path):
         assert torch.equal(theirs(ids).logits, want)
         # compressed-tensors' own decompressors, every tensor of the folder read
         assert torch.equal(lowbit.load_model(tmp_path / "ct")[0](ids).logits, want)
+
+
+def test_smollm2_fp4_compressed_tensors_in_transformers(smollm2, tmp_path):
+    """Block 0: attention in mxfp4, MLP in nvfp4. compressed-tensors 0.20.1 dequantizes FP4 to
+    bfloat16: MXFP4 weights are exact there, NVFP4 weights come back rounded to bfloat16, so
+    the logits are compared with both sides in bfloat16 (transformers' default route)."""
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.export.compressed_tensors import to_compressed_tensors
+
+    model, tok = smollm2
+    model = copy.deepcopy(model)
+    lowbit.quantize(model, "mxfp4", exclude=[r"layers\.([1-9]|[1-9]\d)\.", "lm_head"],
+                    overrides={r"layers\.0\.mlp\.": "nvfp4"}, progress=False)
+    ckpt = lowbit.save(model, tmp_path / "ckpt", tokenizer=tok)
+    report = to_compressed_tensors(ckpt, tmp_path / "ct")
+    assert report.formats == {"mxfp4-pack-quantized": 4, "nvfp4-pack-quantized": 3}
+    assert not report.requantized
+    ids = _ids(tok)[:, :16]  # bfloat16 matmuls are slow on CPUs without bf16 instructions
+    ours, want = _lowbit_logits(ckpt, ids, torch.bfloat16)
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.bfloat16)
+    with torch.no_grad():  # the default route decompresses each layer on its first forward
+        assert torch.equal(theirs(ids).logits, want)
+        assert torch.equal(lowbit.load_model(tmp_path / "ct", dtype=torch.bfloat16)[0](ids).logits,
+                           want)
+    for name in report.lossless:
+        got, w = theirs.get_submodule(name).weight, ours.get_submodule(name).qweight.dequantize()
+        assert torch.equal(got.float(), w) if "attn" in name else torch.equal(got, w.bfloat16())
 
 
 def test_smollm2_bitsandbytes_in_transformers(smollm2, tmp_path):

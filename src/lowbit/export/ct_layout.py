@@ -9,6 +9,8 @@
   unsigned codes, so the codes go out as stored.
 * ``fp8-e4m3`` -> ``float-quantized``: ``weight`` as float8_e4m3fn (lowbit's codes are its bit
   patterns) and ``weight_scale``.
+* ``nvfp4`` / ``mxfp4`` -> ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``, the library's
+  own FP4 formats (`lowbit.export.ct_fp4`); other ``fp4-e2m1`` schemes are requantized to nvfp4.
 
 Scales are written as the float32 values lowbit multiplies by (after double quantization or a
 tensor scale), so a model loaded in float32 gets bit-exact weights. A float zero point
@@ -26,6 +28,7 @@ import torch
 from lowbit.core.packing import pack, unpack
 from lowbit.core.qtensor import QTensor
 from lowbit.core.scheme import Scheme
+from lowbit.export.ct_fp4 import fp4_format, fp4_reason, fp4_tensors, fp4_weights_args
 
 PACKED, FLOAT = "pack-quantized", "float-quantized"
 _STRATEGY = {"block": "group", "channel": "channel", "tensor": "tensor"}
@@ -40,6 +43,8 @@ def requantize_scheme(scheme: Scheme) -> Scheme | None:
         s = s.with_(format="int4", symmetric=True, double_quant=False, tensor_scale=False)
     elif s.format == "fp8-e5m2":
         s = s.with_(format="fp8-e4m3")
+    elif s.format == "fp4-e2m1":
+        s = Scheme.parse("nvfp4")
     elif s.is_int and not s.symmetric and s.zero_point == "float":
         s = s.with_(zero_point="int")
     return s if _lossless_reason(s) is None else None
@@ -62,13 +67,19 @@ def _lossless_reason(scheme: Scheme) -> str | None:
         return "compressed-tensors has no lookup-table (NF4, bitsandbytes FP4) format"
     if scheme.format == "fp8-e5m2":
         return "compressed-tensors' 8-bit float is E4M3 only"
+    if scheme.format == "fp4-e2m1":
+        return None if fp4_format(scheme) else fp4_reason(scheme)
     return (f"{scheme.format} is not written by this exporter yet (compressed-tensors' "
-            "nvfp4/mxfp4 formats are not mapped)")
+            "mxfp6 format is not mapped)")
 
 
 def support(scheme: Scheme) -> tuple[str, str]:
     """The compressed-tensors target's rule for `lowbit.export.rules`: (status, reason)."""
     why = _lossless_reason(scheme)
+    if why is None and fp4_format(scheme):
+        scales = "E4M3 scales + 1/ts global scale" if scheme.tensor_scale else "E8M0 scales"
+        return "lossless", (f"{fp4_format(scheme)}, codes and {scales} as stored (the library "
+                            "dequantizes to bfloat16)")
     if why is None:
         fmt = PACKED if scheme.is_int else FLOAT
         return "lossless", f"{fmt}, {_STRATEGY[scheme.granularity]} strategy, fp32 scales"
@@ -97,6 +108,8 @@ def requantize_for(scheme: Scheme, in_features: int) -> Scheme:
     if s is None:
         raise ValueError(f"compressed-tensors has no scheme near {scheme}")
     while s.granularity == "block" and in_features % s.block_size:
+        if s.format == "fp4-e2m1":  # FP4's groups are fixed: the nearest any row holds
+            return Scheme.parse("fp8-e4m3-channel")
         if s.block_size // 2 < 16:
             return s.with_(granularity="channel", block_size=None,
                            scale_format="fp32", double_quant=False)
@@ -129,6 +142,9 @@ def to_ct(qt: QTensor) -> CTLayer:
     if problem:
         raise ValueError(f"scheme {s}: {problem}")
     out_f, in_f = qt.shape
+    if fp4_format(s):
+        fmt = fp4_format(s)
+        return CTLayer(fp4_tensors(qt, fmt), fp4_weights_args(fmt), fmt)
     codes = unpack(qt.codes, s.bits, qt.numel).view(qt.shape)
     if qt.perm is not None:  # one scale a row: the codes go back to the column order
         codes = codes[:, torch.argsort(qt.perm.long())]

@@ -3,7 +3,8 @@
 A target registers a ``support(scheme) -> (status, reason)`` function, with status one of
 
 * ``lossless``: the file holds the scheme's own codes and scales; the target's library reads
-  back bit-exact weights;
+  back bit-exact weights (one exception, in the reason: compressed-tensors dequantizes
+  ``nvfp4`` to bfloat16, lowbit's weights rounded to bfloat16);
 * ``requantize``: the scheme does not fit, but ``--requantize`` writes the dequantized weight
   in the nearest scheme the target holds (the reason names it);
 * ``refused``: neither.
