@@ -127,7 +127,8 @@ def check_mode(mode: str) -> str:
 def set_grad_dequant(model: nn.Module, mode: str) -> int:
     """Set every QuantLinear of ``model`` to ``mode`` (one of :data:`DEQUANT_MODES`); ``all``
     also makes each automatically-choosing layer run the reference kernel with ``cache_weight``
-    (a layer pinned to another kernel recomputes). Returns the number of layers set."""
+    (a layer pinned to another kernel recomputes); leaving ``all`` puts the replaced choice
+    back. Returns the number of layers set."""
     from lowbit import kernels
     from lowbit.nn import QuantLinear
 
@@ -135,7 +136,11 @@ def set_grad_dequant(model: nn.Module, mode: str) -> int:
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     for layer in layers:
         layer.grad_dequant = mode
+        before = layer.__dict__.pop("_choice_before_all", None)
+        if before is not None:  # leaving "all": the choice it replaced back (frees the cache)
+            layer.kernel_choice = before
         if mode == "all" and layer.kernel_choice.kernel in (None, kernels.REFERENCE):
+            layer._choice_before_all = layer.kernel_choice
             choice = layer.kernel_choice.with_options(kernels.REFERENCE, cache_weight=True)
             layer.kernel_choice = kernels.KernelChoice(kernels.REFERENCE, choice.options)
     return len(layers)

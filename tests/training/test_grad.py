@@ -132,6 +132,8 @@ def test_what_each_mode_holds_is_counted() -> None:
         assert (96 * 256 in saved) == (mode == "step"), mode
         assert METER.peak == (w_bytes if mode != "all" else 0), mode  # all: the cache instead
     assert held == {"recompute": (0, 0, 0), "step": (w_bytes, 0, 0), "all": (0, 0, w_bytes)}
+    set_grad_dequant(q, "recompute")  # leaving "all" frees its cache, the choice as before
+    assert dequant_cache_bytes(q) == 0 and q.kernel_choice == KernelChoice()
 
 
 def test_an_unknown_mode_is_refused() -> None:
