@@ -84,7 +84,8 @@ def child_train(args) -> dict:
         model = res.model
         row.update(trainable=res.trainable_params, steps=res.log.step, seconds=res.seconds,
                    optimizer_bytes=res.log.optimizer_bytes, losses=res.log.losses,
-                   dequant_bytes=res.record["dequant_bytes"], **_train_memory(res.record))
+                   dequant_bytes=res.record["dequant_bytes"],
+                   layout_bytes=res.record["layout_bytes"], **_train_memory(res.record))
     row["peak_rss_mb"] = peak_rss_mb()
     if args.steps:
         row["bnb"] = eight_bit_states(model)

@@ -34,17 +34,22 @@ def _mb(v: float | None) -> str:
     return "–" if v is None else f"{v:.0f}"
 
 
+def _m(r: dict, key: str) -> float | None:
+    return None if r.get(key) is None else r[key] / 1e6
+
+
 def _claim(rows: list[dict], args: Any) -> list[str]:
     lines = ["| base format | trainable params | steps | wall time (s) | peak RSS (MB) | "
-             "peak RSS training (MB) | base weights in memory (MB) | dequantized held (MB) | "
-             "optimizer state (MB) | first → last loss | held-out accuracy [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "peak RSS training (MB) | base weights in memory (MB) | kernel layouts (MB) | "
+             "dequantized held (MB) | optimizer state (MB) | first → last loss | "
+             "held-out accuracy [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         loss = f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f}" if r["losses"] else "–"
         wall = f"{r['seconds']:.0f}" if r["steps"] else "–"
         lines.append(f"| {r['label']} | {r['trainable']:,} | {r['steps']} | {wall} | "
                      f"{r['peak_rss_mb']:.0f} | {_mb(r.get('train_peak_rss_mb'))} | "
-                     f"{r['weight_bytes'] / 1e6:.0f} | "
+                     f"{r['weight_bytes'] / 1e6:.0f} | {_mb(_m(r, 'layout_bytes'))} | "
                      f"{r.get('dequant_bytes', 0) / 1e6:.0f} | "
                      f"{r['optimizer_bytes'] / 1e6:.1f} | {loss} | {_ci(r)} |")
     return lines
@@ -120,7 +125,10 @@ def write_report(out: Path, rows: dict[str, list[dict]], args: Any) -> None:
                  "this CPU). Peak RSS: the row's own process, read after training, before that "
                  "reload, loading included (a bf16 model is read in float32, then cast); peak "
                  "RSS training: from the start of training to its end (the kernel's peak mark "
-                 "reset when training starts), the base weights and everything training adds.",
+                 "reset when training starts), the base weights and everything training adds. "
+                 "Kernel layouts: what the quantized layers' kernels keep beside the packed "
+                 "weights (cpu-lut4 repacks its codes; a cached float weight included), which "
+                 "the base-weights column does not count.",
                  "", *_claim(rows["claim"], args), "", *_verdict(rows["claim"]),
                  *_bnb(rows["claim"]), ""]
     if rows["recover"]:

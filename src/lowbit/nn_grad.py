@@ -152,3 +152,12 @@ def dequant_cache_bytes(model: nn.Module) -> int:
 
     return sum(w.numel() * w.element_size() for m in model.modules()
                if isinstance(m, QuantLinear) and (w := _cached(m)) is not None)
+
+
+def layout_bytes(model: nn.Module) -> int:
+    """Bytes every QuantLinear of ``model`` keeps beside its packed weight: its kernel's runtime
+    layout (e.g. cpu-lut4's repacked codes), a ``cache_weight`` float weight included."""
+    from lowbit.nn import QuantLinear
+
+    return sum(t.numel() * t.element_size() for m in model.modules()
+               if isinstance(m, QuantLinear) for t in m._layout.values())

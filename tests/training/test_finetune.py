@@ -181,6 +181,7 @@ def test_dequant_modes_train_alike_and_count_what_they_hold(tiny_hf_dir, questio
     for m in ("step", "all"):  # the same gradients; forwards differ by the packed kernel's
         # rounding (recompute, and step where no gradient is needed, run it; all the reference)
         assert runs[m].log.losses == pytest.approx(runs["recompute"].log.losses, rel=1e-2)
+    assert runs["all"].record["layout_bytes"] >= floats  # the cache is a kernel layout
     mem = runs["all"].record["train_memory"]  # training's own peak, loading left out
     assert mem["peak_rss_bytes"] >= mem["rss_before_bytes"] > 0
     with pytest.raises(ValueError, match="--dequant 'fast'"):

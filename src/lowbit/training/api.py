@@ -177,7 +177,8 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
                   trainable_params=trainable_parameters(peft_model),
                   optimizer_bytes=log.optimizer_bytes, examples=len(examples),
                   step_seconds=log.step_seconds, dequant=dequant, train_memory=mem.to_dict(),
-                  dequant_bytes=nn_grad.METER.peak + nn_grad.dequant_cache_bytes(peft_model))
+                  dequant_bytes=nn_grad.METER.peak + nn_grad.dequant_cache_bytes(peft_model),
+                  layout_bytes=nn_grad.layout_bytes(peft_model))
     output.write_record(out, record)
     if merge:  # on a copy: the returned model keeps its adapters
         import copy
