@@ -126,6 +126,15 @@ def data_files(data: str | os.PathLike | list[str] | None, recover: bool) -> lis
     return files
 
 
+def memory_record(model: nn.Module, dequant: str) -> dict[str, Any]:
+    """The ``--dequant`` mode, the float bytes it held at the peak, the kernels' layout bytes."""
+    from lowbit import nn_grad
+
+    return {"dequant": dequant,
+            "dequant_bytes": nn_grad.METER.peak + nn_grad.dequant_cache_bytes(model),
+            "layout_bytes": nn_grad.layout_bytes(model)}
+
+
 def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
              out: str | os.PathLike = "finetuned", *, scheme: str | None = None,
              lora_r: int = 16, lora_alpha: float | None = None, length: int = 256,
@@ -176,9 +185,8 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
     record.update(status="done", steps=log.step, losses=log.losses, seconds=seconds,
                   trainable_params=trainable_parameters(peft_model),
                   optimizer_bytes=log.optimizer_bytes, examples=len(examples),
-                  step_seconds=log.step_seconds, dequant=dequant, train_memory=mem.to_dict(),
-                  dequant_bytes=nn_grad.METER.peak + nn_grad.dequant_cache_bytes(peft_model),
-                  layout_bytes=nn_grad.layout_bytes(peft_model))
+                  step_seconds=log.step_seconds, train_memory=mem.to_dict(),
+                  **memory_record(peft_model, dequant))
     output.write_record(out, record)
     if merge:  # on a copy: the returned model keeps its adapters
         import copy
