@@ -188,7 +188,7 @@ def run_child(kind: str, label: str, base: str, args, extra: list[str]) -> dict:
     out = Path(args.work) / f"{kind}-{label}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--label", label, "--base", base,
            "--json", str(out), *extra, *passthrough(args)]
-    settings = cmd[3:]
+    settings = _settings(cmd[3:], base)
     if out.is_file() and json.loads(out.read_text()).get("settings") == settings:
         print(f"{kind} {label}: reused {out}", flush=True)
         return json.loads(out.read_text())
@@ -200,6 +200,15 @@ def run_child(kind: str, label: str, base: str, args, extra: list[str]) -> dict:
     print(f"{kind} {label}: {row.get('acc', '')} {row.get('after', '')} "
           f"({row['wall_seconds']:.0f} s)", flush=True)
     return row
+
+
+def _settings(argv: list[str], base: str) -> list[str]:
+    """A row's settings for reuse: ``--dequant`` only where the base is quantized (it changes
+    where a quantized layer's backward gets its weight, never the figures)."""
+    if base != MODEL:
+        return argv
+    i = argv.index("--dequant")
+    return argv[:i] + argv[i + 2:]
 
 
 def passthrough(args) -> list[str]:
