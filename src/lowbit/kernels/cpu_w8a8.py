@@ -73,7 +73,9 @@ def _int8_product(x: torch.Tensor, layout: Mapping[str, torch.Tensor],
 
 
 def _use_c(layout: Mapping[str, torch.Tensor], tokens: int) -> bool:
-    return "codes_p" in layout and cpu_w8a8_c.available() and tokens <= C_MAX_TOKENS
+    """Whether this call goes to the C path: built, few tokens, sums that fit int32."""
+    return ("codes_p" in layout and cpu_w8a8_c.available() and tokens <= C_MAX_TOKENS
+            and layout["codes_p"].shape[1] <= cpu_w8a8_c.MAX_IN)
 
 
 def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
