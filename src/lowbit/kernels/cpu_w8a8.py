@@ -9,15 +9,15 @@ float) the only differences are float rounding; ``tests/activations/test_cpu_w8a
 the bound.
 
 Two engines. lowbit's C path (``cpu_w8a8_c``: quantize, VNNI dot products, rescale and bias in
-two C calls) when its library is built and a call has up to ``C_MAX_TOKENS`` tokens: in a smoke
-timing on SmolLM2's shapes (one thread, loaded machine) it took 31-41 us a layer at one token
-where the torch-op layer around ``_int_mm`` took 59-155 us, but at 64 tokens 1.1-1.7 ms against
-``_int_mm``'s 0.35-1.0 ms, with the crossover near 16 (``benchmarks/w8a8_ops.py`` times both).
-Above that, and without the C library, ``torch._int_mm`` with the weight codes stored (out, in)
-and passed transposed, which beat the same op on a contiguous (in, out) copy, fp32
-``F.linear``, the weight-only ``_weight_int8pack_mm`` and fbgemm at one token; but the layer
-around it (per-token scales, rounding, rescale: a dozen small eager ops) costs several times
-the op itself at one token.
+one C call per thread) when its library is built and a call has up to ``C_MAX_TOKENS`` tokens:
+in a smoke timing on SmolLM2's shapes (one thread, loaded machine) it took 31-41 us a layer at
+one token where the torch-op layer around ``_int_mm`` took 59-155 us, but at 64 tokens 1.1-1.7
+ms against ``_int_mm``'s 0.35-1.0 ms, with the crossover near 16 (``benchmarks/w8a8_ops.py``
+times both). Above that, and without the C library, ``torch._int_mm`` with the weight codes
+stored (out, in) and passed transposed, which beat the same op on a contiguous (in, out) copy,
+fp32 ``F.linear``, the weight-only ``_weight_int8pack_mm`` and fbgemm at one token; but the
+layer around it (per-token scales, rounding, rescale: a dozen small eager ops) costs several
+times the op itself at one token.
 fbgemm's dynamic quantized linear (``torch.ops.quantized.linear_dynamic``) quantizes the
 activations per tensor, asymmetric uint8 with a 7-bit range: another scheme than any of these,
 so it is not used for them.

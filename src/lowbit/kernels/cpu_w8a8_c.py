@@ -4,11 +4,12 @@ sums, rescale and bias, in lowbit's own C (``csrc/w8a8.c``, compiled on first us
 
 Around ``torch._int_mm`` a W8A8 layer is a dozen small eager ops (scales, rounding, casts,
 rescale), several times the op's own time at one token, and ``_int_mm`` itself is a GEMM
-routine, not a GEMV. Here one C call quantizes the rows (the reference's float32 operations, so
-the same codes) and one call per thread multiplies, with AVX-512 VNNI (``vpdpbusd``), AVX-VNNI,
-AVX2 or portable C, whichever the build machine has (``simd()`` says which). The weight codes
-are stored (out, in) zero-padded to a multiple of 64, with their row sums (the AVX-512 path
-feeds the activations to the unsigned side as ``q + 128`` and takes ``128 * rowsum`` off).
+routine, not a GEMV. Here one C call per thread quantizes the rows (the reference's float32
+operations, so the same codes) into a buffer of its own and multiplies, with AVX-512 VNNI
+(``vpdpbusd``), AVX-VNNI, AVX2 or portable C, whichever the build machine has (``simd()``). The
+weight codes are stored (out, in) zero-padded to a multiple of 64, with their row sums (the
+AVX-512 path feeds the activations to the unsigned side as ``q + 128`` and takes ``128 *
+rowsum`` off).
 ``LOWBIT_CPU_W8A8_C=0`` switches it off (``cpu-w8a8`` then runs ``torch._int_mm`` throughout).
 """
 
@@ -36,7 +37,10 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
     if lib is not None:
         lib.w8a8_quantize.argtypes = [_P, _I, _I, _I, ctypes.c_int, ctypes.c_float, _P, _P]
         lib.w8a8_gemm.argtypes = [_P, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I]
+        lib.w8a8_linear.argtypes = [_P, _I, _I, ctypes.c_int, ctypes.c_float, _P, _P, _P, _P,
+                                    _P, _I, _I, _I, _I]
         lib.w8a8_quantize.restype = lib.w8a8_gemm.restype = None
+        lib.w8a8_linear.restype = ctypes.c_int
     return lib, why
 
 
@@ -79,14 +83,24 @@ def quantize(x2: torch.Tensor, kp: int, static_scale: float | None
 def linear(x2: torch.Tensor, layout: Mapping[str, torch.Tensor], static_scale: float | None,
            bias: torch.Tensor | None) -> torch.Tensor:
     """fp32 ``x2`` (tokens, in, contiguous) quantized per token (or on ``static_scale``) times
-    the int8 weight, rescaled, plus ``bias``: fp32 (tokens, out)."""
-    w, ws, wsum = layout["codes_p"], layout["scale"], layout["wsum"]
+    the int8 weight, rescaled, plus ``bias``: fp32 (tokens, out). One C call per thread, each
+    quantizing the rows itself (cheap next to its share of the product)."""
+    w = layout["codes_p"]
     n, kp = w.shape
-    q, xs = quantize(x2, kp, static_scale)
+    t, k = x2.shape
     b = None if bias is None else bias.to(torch.float32).contiguous()
-    y = torch.empty(x2.shape[0], n, dtype=torch.float32)
-    args = (q.data_ptr(), xs.data_ptr(), x2.shape[0], w.data_ptr(), ws.data_ptr(),
-            wsum.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), n, kp)
-    work = x2.shape[0] * n * kp
-    _POOL.run(lambda r0, r1: _lib.w8a8_gemm(*args, r0, r1), n, work // _WORK_PER_THREAD)
+    y = torch.empty(t, n, dtype=torch.float32)
+    args = (x2.data_ptr(), t, k, int(static_scale is None),
+            0.0 if static_scale is None else static_scale, w.data_ptr(),
+            layout["scale"].data_ptr(), layout["wsum"].data_ptr(),
+            None if b is None else b.data_ptr(), y.data_ptr(), n, kp)
+    failed: list[int] = []
+
+    def rows(r0: int, r1: int) -> None:
+        if _lib.w8a8_linear(*args, r0, r1) != 0:
+            failed.append(r0)
+
+    _POOL.run(rows, n, t * n * kp // _WORK_PER_THREAD)
+    if failed:
+        raise MemoryError(f"w8a8_linear could not allocate {t * kp} bytes for the codes")
     return y

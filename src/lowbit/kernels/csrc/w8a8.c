@@ -4,6 +4,8 @@
  * scale per token: s = max|x| / 127 (dynamic) or the given static scale, a zero scale read as 1,
  * q = clamp(round-half-even(x / s), -127, 127): the float32 operations of the reference path,
  * so the codes are the same. Scalar C in every build (a small share of the time).
+ * w8a8_linear: both in one call (the codes in a buffer of its own), rows [row0, row1): what
+ * the Python side calls, once per thread; returns -1 if the buffer cannot be allocated.
  * w8a8_gemm: y[t][r] = ((float)sum_k q[t][k] w[r][k]) * xs[t] * ws[r] (+ b[r]) for the rows
  * [row0, row1) and all ntok tokens (y: ntok x rows, fp32). Weights: int8 rows of kp codes (kp a
  * multiple of 64, zero-padded), wsum[r] = sum_k w[r][k]. The integer sums are exact (k <= 65536).
@@ -15,6 +17,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void w8a8_quantize(const float *x, int64_t ntok, int64_t k, int64_t kp, int dynamic,
@@ -167,6 +170,23 @@ void w8a8_gemm(const int8_t *q, const float *xs, int64_t ntok, const int8_t *w,
     int64_t r = row0;
     for (; r + 4 <= row1; r += 4) rows_block(q, xs, ntok, w, ws, wsum, b, y, rows, kp, r, 4);
     for (; r < row1; r++) rows_block(q, xs, ntok, w, ws, wsum, b, y, rows, kp, r, 1);
+}
+
+int w8a8_linear(const float *x, int64_t ntok, int64_t k, int dynamic, float fixed,
+                const int8_t *w, const float *ws, const int32_t *wsum, const float *b, float *y,
+                int64_t rows, int64_t kp, int64_t row0, int64_t row1) {
+    int8_t *q = malloc((size_t)(ntok * kp));
+    float *xs = malloc((size_t)ntok * sizeof(float));
+    if (q == NULL || xs == NULL) {
+        free(q);
+        free(xs);
+        return -1;
+    }
+    w8a8_quantize(x, ntok, k, kp, dynamic, fixed, q, xs);
+    w8a8_gemm(q, xs, ntok, w, ws, wsum, b, y, rows, kp, row0, row1);
+    free(q);
+    free(xs);
+    return 0;
 }
 
 int w8a8_has_simd(void) { /* 3: AVX-512 VNNI, 2: AVX-VNNI, 1: AVX2, 0: portable C */
