@@ -94,7 +94,8 @@ def render(rows: list[dict[str, Any]], layers: dict[str, list[dict[str, Any]]],
         "forward call of one window, mean over calls and layers; in brackets the features "
         "flagged in at least one call, mean over layers",
         "- decode tok/s: `measure_speed` at batch 1, under `flock /work/notes/timing.lock`; "
-        "int8 W8A8 and LLM.int8 run the `cpu-w8a8` kernel (`torch._int_mm`), W8A16 `cpu-int8` "
+        "int8 W8A8 and LLM.int8 run the `cpu-w8a8` kernel (lowbit's C kernel, "
+        "`csrc/w8a8.c`, where it is built; `torch._int_mm` otherwise), W8A16 `cpu-int8` "
         "(bf16 activations), fp8 the reference kernel with its dequantized weight cached (no "
         "fast fp8 matmul on this CPU), bitsandbytes its own CPU ops. On this overloaded "
         "machine speeds are rough lower bounds.", ""]

@@ -4,7 +4,8 @@ Per shape and batch (tokens per call): fp32 ``F.linear`` (the float baseline), t
 ``_weight_int8pack_mm`` with bf16 activations (what ``cpu-int8`` runs), ``torch._int_mm`` on the
 weight codes stored (out, in) and passed transposed or stored (in, out) contiguous (op only,
 activations already int8), lowbit's whole ``cpu-w8a8`` layer (per-token quantization, the int8
-product and the rescale), and fbgemm's dynamic quantized linear
+product and the rescale) through torch ops around ``_int_mm`` and through lowbit's C kernel
+(``csrc/w8a8.c``), and fbgemm's dynamic quantized linear
 (``torch.ops.quantized.linear_dynamic``), which quantizes activations per tensor, asymmetric
 uint8 with a 7-bit range: another scheme than lowbit's per-token int8, timed for comparison.
 Microseconds per call, best of 7 runs of ``--calls`` calls, one torch thread; run it under
@@ -41,6 +42,7 @@ def best_us(f: Callable[[], object], calls: int) -> float:
 
 
 def candidates(out_f: int, in_f: int, tokens: int) -> dict[str, Callable[[], object]]:
+    from lowbit.kernels import cpu_w8a8_c
     from lowbit.methods.rtn import quantize_rtn
     from lowbit.nn import QuantLinear
 
@@ -62,9 +64,25 @@ def candidates(out_f: int, in_f: int, tokens: int) -> dict[str, Callable[[], obj
             "_weight_int8pack_mm (W8A16, bf16)": lambda: wi8(xb, codes, scales),
             "_int_mm, codes (out,in) transposed": lambda: torch._int_mm(xq, codes.t()),
             "_int_mm, codes (in,out) contiguous": lambda: torch._int_mm(xq, codes_t),
-            "cpu-w8a8 layer (quantize + _int_mm + rescale)": lambda: layer(x),
+            "cpu-w8a8 layer, torch (quantize + _int_mm + rescale)":
+                c_limit(lambda: layer(x), 0),
+            **({f"cpu-w8a8 layer, lowbit C ({cpu_w8a8_c.simd()}: quantize, dot, rescale)":
+                c_limit(lambda: layer(x), 1 << 30)} if cpu_w8a8_c.available() else {}),
             "fbgemm linear_dynamic (per-tensor uint8 acts)":
                 lambda: torch.ops.quantized.linear_dynamic(x, packed, True)}
+
+
+def c_limit(f: Callable[[], object], limit: int) -> Callable[[], object]:
+    """``f`` run with cpu-w8a8's C path taking calls of up to ``limit`` tokens (0: never)."""
+    from lowbit.kernels import cpu_w8a8
+
+    def run() -> object:
+        old, cpu_w8a8.C_MAX_TOKENS = cpu_w8a8.C_MAX_TOKENS, limit
+        try:
+            return f()
+        finally:
+            cpu_w8a8.C_MAX_TOKENS = old
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:

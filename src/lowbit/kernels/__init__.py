@@ -11,13 +11,13 @@ Add one: build a :class:`Kernel` in a new module and :func:`register` it; import
 here so it is registered with the package. Built in: ``reference`` (every scheme), ``cpu-int8``
 and ``cpu-int4`` (:mod:`lowbit.kernels.cpu`, PyTorch's packed CPU matmuls), ``cpu-lut4``
 (:mod:`lowbit.kernels.cpu_lut`, lowbit's C kernel for 4-bit tables: NF4, FP4), ``cpu-w8a8``
-(:mod:`lowbit.kernels.cpu_w8a8`: int8 weights times int8 activations, ``torch._int_mm``), and
-``triton``
-(:mod:`lowbit.kernels.triton_linear`: CUDA, registered when triton is installed, without
-importing it).
+(:mod:`lowbit.kernels.cpu_w8a8`: int8 weights times int8 activations, lowbit's C VNNI kernel
+or ``torch._int_mm``), ``triton`` (:mod:`lowbit.kernels.triton_linear`: CUDA, registered when
+triton is installed, without importing it), and ``triton-w8a8-int8`` / ``triton-w8a8-fp8``
+(:mod:`lowbit.kernels.triton_w8a8`: W8A8 on CUDA, likewise).
 """
 
-from lowbit.kernels import cpu, cpu_lut, cpu_w8a8, reference, triton_linear
+from lowbit.kernels import cpu, cpu_lut, cpu_w8a8, reference, triton_linear, triton_w8a8
 from lowbit.kernels.choice import (
     KernelChoice,
     LayerKernels,
@@ -45,5 +45,5 @@ __all__ = [
     "REFERENCE", "Kernel", "KernelChoice", "LayerKernels", "Traits", "configure", "cpu",
     "cpu_lut", "cpu_w8a8", "get",
     "layers", "names", "quant_layers", "reference", "register", "reset_ran", "saved", "select",
-    "tally", "triton_linear", "unregister", "use", "using",
+    "tally", "triton_linear", "triton_w8a8", "unregister", "use", "using",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from lowbit.formats.integer import IntFormat
 from lowbit.kernels import native
 from lowbit.kernels.cpu import activations
 from lowbit.kernels.registry import Kernel, Traits, register
+from lowbit.kernels.row_pool import RowPool
 
 GEMV_MAX_TOKENS = 8  # above this the dequantize-then-matmul path is faster
 _BLOCK_SIZES = {None, *range(16, 1025, 16)}
@@ -56,8 +56,7 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
 _lib, WHY = (None, "switched off by LOWBIT_CPU_LUT=0") \
     if os.environ.get("LOWBIT_CPU_LUT", "1").strip() in ("0", "off", "no", "false") \
     else load_library()
-_pool: ThreadPoolExecutor | None = None
-_pool_threads = 0
+_POOL = RowPool()
 
 
 def available() -> bool:
@@ -101,17 +100,7 @@ def prepare(qt: QTensor, dtype: torch.dtype, options: Mapping[str, Any]
 
 def _run_rows(fn: Any, n: int) -> None:
     """``fn(row0, row1)`` over all ``n`` rows, split between torch's thread count."""
-    global _pool, _pool_threads
-    threads = min(torch.get_num_threads(), max(1, n // _ROWS_PER_THREAD))
-    if threads == 1:
-        fn(0, n)
-        return
-    if _pool is None or _pool_threads < threads:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads), threads
-    step = -(-n // threads)
-    list(_pool.map(lambda r: fn(r, min(r + step, n)), range(0, n, step)))
+    _POOL.run(fn, n, max(1, n // _ROWS_PER_THREAD))
 
 
 def dequantize(layout: Mapping[str, torch.Tensor], rows: slice | None = None,

@@ -1,4 +1,4 @@
-"""CPU W8A8 int8: int8 weights times int8 activations with int32 accumulation (``torch._int_mm``).
+"""CPU W8A8 int8: int8 weights times int8 activations with int32 accumulation.
 
 For ``int8-sym`` weights (one scale per tensor or per output channel) whose scheme quantizes the
 activations to int8: per token (``aint8-atoken``), with the static scale (``aint8-atensor``), or
@@ -8,12 +8,16 @@ so against the reference kernel (fake-quantized activations times the dequantize
 float) the only differences are float rounding; ``tests/activations/test_cpu_w8a8.py`` states
 the bound.
 
-Chosen by timing candidates on SmolLM2's shapes (``benchmarks/w8a8_ops.py``, results in
-``benchmarks/results/w8a8_ops.md``): ``torch._int_mm`` with the weight codes stored (out, in) and
-passed transposed beat the same op on a contiguous (in, out) copy, fp32 ``F.linear``, the
-weight-only ``_weight_int8pack_mm`` and fbgemm at one token. The layer around it (per-token
-scales, rounding, rescale: a dozen small eager ops) costs several times the op itself at one
-token, so a fused quantize step is where more speed is.
+Two engines. lowbit's C path (``cpu_w8a8_c``: quantize, VNNI dot products, rescale and bias in
+one C call per thread) when its library is built and a call has up to ``C_MAX_TOKENS`` tokens:
+in a smoke timing on SmolLM2's shapes (one thread, loaded machine) it took 31-41 us a layer at
+one token where the torch-op layer around ``_int_mm`` took 59-155 us, but at 64 tokens 1.1-1.7
+ms against ``_int_mm``'s 0.35-1.0 ms, with the crossover near 16 (``benchmarks/w8a8_ops.py``
+times both). Above that, and without the C library, ``torch._int_mm`` with the weight codes
+stored (out, in) and passed transposed, which beat the same op on a contiguous (in, out) copy,
+fp32 ``F.linear``, the weight-only ``_weight_int8pack_mm`` and fbgemm at one token; but the
+layer around it (per-token scales, rounding, rescale: a dozen small eager ops) costs several
+times the op itself at one token.
 fbgemm's dynamic quantized linear (``torch.ops.quantized.linear_dynamic``) quantizes the
 activations per tensor, asymmetric uint8 with a 7-bit range: another scheme than any of these,
 so it is not used for them.
@@ -29,10 +33,12 @@ import torch
 from lowbit.core.activations import INT8_QMAX, outlier_columns
 from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
+from lowbit.kernels import cpu_w8a8_c
 from lowbit.kernels.cpu import activations
 from lowbit.kernels.registry import Kernel, Traits, register
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+C_MAX_TOKENS = 8  # above this many tokens per call, torch._int_mm (see the docstring)
 
 
 def available() -> bool:
@@ -51,6 +57,8 @@ def prepare(qweight: QTensor, dtype: torch.dtype, options: Mapping[str, Any]
               "scale": scale.expand(out).contiguous() if scale.numel() == 1 else scale}
     if qweight.perm is not None:
         layout["perm"] = qweight.perm.to(torch.long)
+    if cpu_w8a8_c.available():
+        layout.update(cpu_w8a8_c.layout(layout["codes"]))
     return layout
 
 
@@ -64,27 +72,33 @@ def _int8_product(x: torch.Tensor, layout: Mapping[str, torch.Tensor],
     return acc.to(torch.float32) * safe * layout["scale"]
 
 
+def _use_c(layout: Mapping[str, torch.Tensor], tokens: int) -> bool:
+    """Whether this call goes to the C path: built, few tokens, sums that fit int32."""
+    return ("codes_p" in layout and cpu_w8a8_c.available() and tokens <= C_MAX_TOKENS
+            and layout["codes_p"].shape[1] <= cpu_w8a8_c.MAX_IN)
+
+
 def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
            layout: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> torch.Tensor:
     """``x @ W^T + b`` with int8 activations (see the module docstring)."""
     act = qweight.scheme.activations
     x2 = activations(x, layout, x.shape[-1], torch.float32)
-    cols = None
-    if act.threshold is not None:
-        cols = outlier_columns(x2, act.threshold)
-        inliers = x2.masked_fill(cols, 0)
+    cols = outlier_columns(x2, act.threshold) if act.threshold is not None else None
+    inliers = x2.masked_fill(cols, 0) if cols is not None and bool(cols.any()) else x2
+    if _use_c(layout, x2.shape[0]):
+        static = float(qweight.input_scale) if act.static else None
+        y = cpu_w8a8_c.linear(inliers, layout, static, bias)
     else:
-        inliers = x2
-    if act.static:
-        x_scale = qweight.input_scale.to(torch.float32).reshape(1, 1)
-    else:
-        x_scale = inliers.abs().amax(dim=-1, keepdim=True) / INT8_QMAX
-    y = _int8_product(inliers, layout, x_scale)
-    if cols is not None and bool(cols.any()):
+        if act.static:
+            x_scale = qweight.input_scale.to(torch.float32).reshape(1, 1)
+        else:
+            x_scale = inliers.abs().amax(dim=-1, keepdim=True) / INT8_QMAX
+        y = _int8_product(inliers, layout, x_scale)
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+    if inliers is not x2:
         w_cols = layout["codes"][:, cols].to(torch.float32) * layout["scale"][:, None]
         y = y + x2[:, cols] @ w_cols.t()
-    if bias is not None:
-        y = y + bias.to(torch.float32)
     return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
