@@ -49,6 +49,9 @@ def run_job(fn: Any, shared: Any, args: tuple[Any, ...], log_path: Path | None, 
         value = fn(shared, *args)
         logger.info("job %s finished in %.2f s", key, time.perf_counter() - t0)
         return value
+    except KeyboardInterrupt:  # the driver was interrupted: no error, the row is rerun later
+        logger.info("job %s interrupted after %.2f s", key, time.perf_counter() - t0)
+        raise
     except BaseException:
         logger.error("job %s failed after %.2f s\n%s", key, time.perf_counter() - t0,
                      traceback.format_exc())
