@@ -90,3 +90,12 @@ def run_ray_job(fn: Any, box: list[Any], args: tuple[Any, ...], log_path: Path |
         _SHARED[ref.hex()] = ray.get(ref)
     torch.set_num_threads(threads)
     return run_job(fn, _SHARED[ref.hex()], args, log_path, key, attempt)
+
+
+def import_modules(names: list[str]) -> int:
+    """A warm-up task: import ``names`` in this worker process (its pid, for logs and tests)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    return os.getpid()
