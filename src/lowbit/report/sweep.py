@@ -227,7 +227,7 @@ def _prepare(model_name: str, todo: list[Row], settings: EvalSettings, out: Path
     # absolute: a worker reads the logits cache whatever its working directory
     ref = prepare_reference(base, tok, settings,
                             cache_dir=out.resolve() / CACHE_DIR if cache_logits else None,
-                            step=step)
+                            step=step, progress=not bar.bar.disable)
     return SweepShared(ref, tok, settings, strict, cal, plans, embedding, executor.device)
 
 
