@@ -194,8 +194,9 @@ def _report(args: argparse.Namespace, runs: dict[str, dict[str, Any]], schemes: 
         driver = _outside(runs["in-process"])  # the driver's own work: plan, logits, report
         lines += ["Dispatch overhead per job (wall time spent neither inside a job nor in the "
                   "driver's own work, which in-process is its wall time less its jobs' time; "
-                  "it includes each worker process's first import and its one read of the "
-                  "shared model): " + ", ".join(
+                  "it includes each worker process's start and imports where they outlast "
+                  "the driver's baseline, which they overlap (warm-up), and its one read of "
+                  "the shared model): " + ", ".join(
                       f"{n} {(_outside(runs[n]) - driver) / jobs:+.2f} s" for n in serial)
                   + ".", ""]
     if "ray 2x1" in runs:

@@ -118,6 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only, permission, not a directory, ...
         print(f"lowbit {args.command}: error: {describe_os_error(err, args)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lowbit {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130  # the shell's code for a command ended by SIGINT
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command kept: a sweep keeps its finished rows."""
+    if args.command == "sweep":
+        return (f"; the rows finished so far are kept in {args.output}/results.jsonl: rerun "
+                "the same command to resume")
+    return ""
 
 
 def describe_os_error(err: OSError, args: argparse.Namespace) -> str:

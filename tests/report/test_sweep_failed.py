@@ -53,3 +53,14 @@ def test_failed_rows_are_listed_under_the_table_not_in_it(tiny_llama, data_dir, 
     md = paths["md"].read_text()
     assert "**Failed rows**" in md and "- int4-asym-g32: boom (3 attempts)" in md
     assert md.count("int4-asym-g32") == 1
+
+
+def test_an_append_after_a_torn_last_line_is_not_glued_to_it(tmp_path) -> None:
+    jsonl = tmp_path / "results.jsonl"
+    assert append_record(jsonl, {"name": "int8-sym-channel", "ppl": 1.0})
+    with jsonl.open("a") as f:  # a writer killed in the middle of its line
+        f.write('{"name": "nf4-g64", "pp')
+    assert append_record(jsonl, {"name": "nf4-g64", "ppl": 2.0})
+    assert read_records(jsonl) == [{"name": "int8-sym-channel", "ppl": 1.0},
+                                   {"name": "nf4-g64", "ppl": 2.0}]
+    assert jsonl.read_text().count("\n") == 2

@@ -136,3 +136,29 @@ def test_sensitivity_on_workers_equals_sensitivity_here(cluster, tiny_tokenizer)
     assert there.measured == here.measured == len(here.units)
     assert list(there.kl) == list(here.kl)  # the model's order, whatever order jobs finished
     assert (there.kl, there.nbytes, there.proxy) == (here.kl, here.nbytes, here.proxy)
+
+
+def test_warm_up_starts_the_workers_and_leaves_a_cluster_it_did_not_start(cluster) -> None:
+    from lowbit.executor import Job, JobProgress
+    from lowbit.executor.ray_executor import RayExecutor
+    from lowbit.executor.worker import import_modules
+
+    ex = RayExecutor()
+    ex.warm_up(["json", "lowbit.report.sweep_job"])
+    warm = ray.get(ex._warming)
+    assert len(warm) == 2 and all(isinstance(pid, int) for pid in warm)  # one per slot
+    with JobProgress(2, disable=True) as bar:
+        got = [o.value for o in ex.run(import_modules, ["json"], [Job("a"), Job("b")],
+                                       progress=bar)]
+    assert len(got) == 2 and all(isinstance(pid, int) for pid in got)
+    ex.close()
+    assert ray.is_initialized()  # the module's cluster: not this executor's to stop
+
+
+def test_num_gpus_on_a_cluster_without_gpus_is_refused(cluster) -> None:
+    from lowbit.executor.ray_executor import RayExecutor
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    with pytest.raises(ValueError, match="--num-gpus 1: the Ray cluster has no GPU"):
+        RayExecutor(num_gpus=1).slots(ray)

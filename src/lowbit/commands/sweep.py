@@ -25,6 +25,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_data(settings)
     calib_tokens(args)  # conflicting calibration options fail before any work
     executor = executor_from_args(args)
+    if executor.name != "inprocess" and settings.speed:
+        print("lowbit sweep: note: with --executor ray several rows can run at once on one "
+              "machine, and the speed columns (tok/s) then measure a shared machine; add "
+              "--no-speed and measure speed apart (lowbit bench)", file=sys.stderr)
 
     def calibration(tokenizer):
         return calibration_from_args(args, tokenizer, what="a data-aware method")

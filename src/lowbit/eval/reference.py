@@ -53,9 +53,11 @@ def prepare_reference(
     *,
     cache_dir: str | Path | None = None,
     step: Step = _no_step,
+    progress: bool = False,
 ) -> Reference:
     """Plan the windows, store the baseline's logits under ``cache_dir`` (or plan to recompute
-    them beside each model when None) and compute the baseline's choice picks."""
+    them beside each model when None) and compute the baseline's choice picks (``progress``:
+    a bar for each of those passes, which take minutes on a real model)."""
     windows = text_windows(tokenizer, settings)
     for name in settings.choice:
         data.choice_path(name)  # fail early, naming where it looked
@@ -69,10 +71,11 @@ def prepare_reference(
         try:
             logits[name] = LogitsCache(folder, w)
         except ValueError:
-            logits[name] = save_base_logits(model, w, folder, progress=False)
+            logits[name] = save_base_logits(model, w, folder, progress=progress)
     ref = Reference(model, settings, windows, logits)
     for name in settings.choice:
         step(f"baseline choice {Path(name).stem}")
         ref.choice[name] = choice_accuracy(model, tokenizer, name,
-                                           max_questions=settings.max_questions, progress=False)
+                                           max_questions=settings.max_questions,
+                                           progress=progress)
     return ref

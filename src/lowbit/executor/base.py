@@ -52,6 +52,13 @@ class Executor(Protocol):
     def run(self, fn: JobFn, shared: Any, jobs: Sequence[Job], *, progress: JobProgress,
             log_dir: Path | None = None) -> Iterator[Outcome]: ...
 
+    def warm_up(self, modules: Sequence[str]) -> None:
+        """Start the workers and import ``modules`` in them while the driver prepares the
+        shared inputs (returns at once; nothing to do in this process)."""
+
+    def close(self) -> None:
+        """Stop what ``warm_up`` started (the batch's ``run`` stops what it started)."""
+
 
 class _ProgressNotes(logging.Handler):
     """Shows the running job's log lines (its steps) on the progress bar."""
@@ -74,6 +81,12 @@ class InProcessExecutor:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
+
+    def warm_up(self, modules: Sequence[str]) -> None:
+        """Nothing to start: the jobs run here."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
     def run(self, fn: JobFn, shared: Any, jobs: Sequence[Job], *, progress: JobProgress,
             log_dir: Path | None = None) -> Iterator[Outcome]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from lowbit.executor.base import Job, JobFn, Outcome
 from lowbit.executor.progress import JobProgress
-from lowbit.executor.worker import job_log_path, run_ray_job
+from lowbit.executor.worker import import_modules, job_log_path, run_ray_job
 
 
 def import_ray() -> Any:
@@ -53,6 +53,27 @@ class RayExecutor:
         self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
         self.retries, self.workers = retries, workers
         self.device = "cuda" if num_gpus > 0 else None
+        self._owned = False  # warm_up started the cluster: close() stops it
+        self._warming: list[Any] = []
+
+    def warm_up(self, modules: Sequence[str]) -> None:
+        """Join (or start) the cluster and submit one task per slot that imports ``modules``
+        (torch, transformers, the model's class): each worker pays its start and imports while
+        the driver computes the baseline, not in its first job. Returns at once."""
+        ray = import_ray()
+        self._owned = self._connect(ray) or self._owned
+        task = ray.remote(import_modules).options(num_cpus=self.num_cpus,
+                                                  num_gpus=self.num_gpus, max_retries=0)
+        self._warming = [task.remote(list(modules)) for _ in range(self.slots(ray))]
+
+    def close(self) -> None:
+        """Stop the cluster that ``warm_up`` started (a no-op otherwise)."""
+        self._warming = []
+        if self._owned:
+            self._owned = False
+            ray = import_ray()
+            if ray.is_initialized():
+                ray.shutdown()
 
     def _connect(self, ray: Any) -> bool:
         """Join (or start) the cluster; True when this call started it (and so stops it)."""
@@ -67,6 +88,10 @@ class RayExecutor:
         n = int(res.get("CPU", 0) // self.num_cpus)
         if self.num_gpus > 0:
             n = min(n, int(res.get("GPU", 0) // self.num_gpus))
+        if self.num_gpus > 0 and res.get("GPU", 0) == 0:
+            raise ValueError(f"--num-gpus {self.num_gpus:g}: the Ray cluster has no GPU (Ray "
+                             "found none on its nodes; start them with `ray start --num-gpus N`"
+                             " where it does not detect them), or run without --num-gpus")
         if n < 1:
             raise ValueError(f"the Ray cluster ({res.get('CPU', 0)} CPUs, {res.get('GPU', 0)} "
                              f"GPUs) cannot run one job of {self.num_cpus} CPUs and "

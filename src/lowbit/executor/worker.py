@@ -49,6 +49,9 @@ def run_job(fn: Any, shared: Any, args: tuple[Any, ...], log_path: Path | None, 
         value = fn(shared, *args)
         logger.info("job %s finished in %.2f s", key, time.perf_counter() - t0)
         return value
+    except KeyboardInterrupt:  # the driver was interrupted: no error, the row is rerun later
+        logger.info("job %s interrupted after %.2f s", key, time.perf_counter() - t0)
+        raise
     except BaseException:
         logger.error("job %s failed after %.2f s\n%s", key, time.perf_counter() - t0,
                      traceback.format_exc())
@@ -87,3 +90,12 @@ def run_ray_job(fn: Any, box: list[Any], args: tuple[Any, ...], log_path: Path |
         _SHARED[ref.hex()] = ray.get(ref)
     torch.set_num_threads(threads)
     return run_job(fn, _SHARED[ref.hex()], args, log_path, key, attempt)
+
+
+def import_modules(names: list[str]) -> int:
+    """A warm-up task: import ``names`` in this worker process (its pid, for logs and tests)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    return os.getpid()

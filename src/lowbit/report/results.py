@@ -32,7 +32,8 @@ def _finite(obj: Any) -> Any:
 def append_record(path: str | Path, record: dict[str, Any], *, key: str = "name") -> bool:
     """Append one record as one line with a single ``write`` on an O_APPEND file, then fsync, so
     a reader sees whole lines (an interrupted write leaves at most a partial last line, which
-    :func:`read_records` drops). The file is ``flock``ed while the records already there are
+    :func:`read_records` drops, and this function cuts off before it appends, so a new line is
+    never glued to a torn one). The file is ``flock``ed while the records already there are
     read, and a record whose ``key`` is among them is not written: a row is never written twice,
     even by two processes. True when the line was written."""
     import fcntl
@@ -41,7 +42,7 @@ def append_record(path: str | Path, record: dict[str, Any], *, key: str = "name"
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if any(r.get(key) == record.get(key) for r in read_records(path)):
+        if any(r.get(key) == record.get(key) for r in read_records(path, repair=True)):
             return False
         view = memoryview(line)
         while view:

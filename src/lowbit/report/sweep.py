@@ -12,6 +12,7 @@ them also keeps those tensors in fp16).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -177,7 +178,8 @@ def _run_rows(model_name: str, todo: list[Row], jsonl: Path, settings: EvalSetti
     from lowbit.executor import InProcessExecutor, Job, JobProgress
 
     executor = executor or InProcessExecutor()
-    with JobProgress(len(todo), desc="sweep", unit="row", disable=not progress) as bar:
+    with JobProgress(len(todo), desc="sweep", unit="row", disable=not progress) as bar, \
+            contextlib.closing(executor):  # stops a cluster warm_up started, even on errors
         shared = _prepare(model_name, todo, settings, out, cache_logits, loaded, records, jsonl,
                           strict, calibration, candidates, embedding, executor, bar)
         ran = []
@@ -218,12 +220,14 @@ def _prepare(model_name: str, todo: list[Row], settings: EvalSettings, out: Path
     else:
         base, tok = loaded
     base.eval()
+    # the workers start and import what a row needs while this process makes the baseline
+    executor.warm_up(["lowbit.report.sweep_job", type(base).__module__])
     cal = _calibration(todo, tok, calibration, records, jsonl)
     plans = _plans(base, tok, todo, candidates, out, not bar.bar.disable, step, executor)
     # absolute: a worker reads the logits cache whatever its working directory
     ref = prepare_reference(base, tok, settings,
                             cache_dir=out.resolve() / CACHE_DIR if cache_logits else None,
-                            step=step)
+                            step=step, progress=not bar.bar.disable)
     return SweepShared(ref, tok, settings, strict, cal, plans, embedding, executor.device)
 
 

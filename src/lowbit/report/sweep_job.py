@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,13 +46,25 @@ class SweepShared:
 
 def sweep_row(shared: SweepShared, row: Row) -> dict[str, Any]:
     """The job: row ``row``'s record."""
-    if shared.device is not None and torch.cuda.is_available():
-        shared.ref.model.to(shared.device)  # once per worker: later calls find it there
+    if shared.device is not None:
+        place_baseline(shared.ref.model, shared.device)  # once per worker: later calls find it
     def step(what: str, name: str = row.name) -> None:
         log.info("%s: %s", name, what)
 
     return one_row(shared.ref.model, shared.tokenizer, shared.ref, shared.settings, row,
                    shared.strict, shared.calibration, step, shared.plans, shared.embedding)
+
+
+def place_baseline(model: nn.Module, device: str) -> None:
+    """Move the baseline to the job's ``device``; a job given a GPU on a worker whose torch sees
+    no CUDA device fails, naming the host, instead of running on its CPU."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"this job was given a GPU (--num-gpus) but torch {torch.__version__} on host "
+            f"{socket.gethostname()} sees no CUDA device (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch there "
+            "or run without --num-gpus")
+    model.to(device)
 
 
 def make_row(base: nn.Module, name: str, strict: bool = False, *, scheme: Any = None,
