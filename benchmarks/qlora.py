@@ -39,11 +39,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def checkpoint(work: Path, scheme: str) -> Path:
+def checkpoint(work: Path, scheme: str, model: str = MODEL) -> Path:
     """``lowbit quantize MODEL --scheme S`` once (reused across runs)."""
     out = work / scheme
     if not (out / "lowbit.json").is_file():
-        subprocess.run([sys.executable, "-m", "lowbit.cli", "quantize", MODEL, "--scheme", scheme,
+        subprocess.run([sys.executable, "-m", "lowbit.cli", "quantize", model, "--scheme", scheme,
                         "-o", str(out)], check=True, env={**os.environ, "PYTHONPATH": "src"},
                        cwd=ROOT)
     return out

@@ -49,7 +49,7 @@ def run_mode(args: argparse.Namespace, base: str, mode: str | None) -> dict:
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"# QLoRA per `--dequant` mode ({MODEL}, nf4-g64-dq, CPU)", "",
+    lines = [f"# QLoRA per `--dequant` mode ({args.model}, nf4-g64-dq, CPU)", "",
              f"`lowbit finetune` on {args.questions}: {args.steps} steps of {args.batch} examples,"
              f" length ≤ {args.length}, bf16, each run a fresh process (2 cores shared). Step "
              "time: median of the steps after the first. Peak RSS: the process, loading "
@@ -118,6 +118,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(Path.home() / ".cache/lowbit/bench-qlora"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/qlora_dequant.md"))
+    p.add_argument("--model", default=MODEL, help="e.g. synthetic-llama-1b: memory and time "
+                   "only (random weights), where the base weights are most of the memory")
     p.add_argument("--questions", default="social_iqa.jsonl")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
@@ -125,10 +127,10 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES) + ",bf16")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (0: none)")
     args = p.parse_args()
-    base = str(checkpoint(Path(args.work), "nf4-g64-dq"))
+    base = str(checkpoint(Path(args.work), "nf4-g64-dq", args.model))
     rows = []
     for mode in filter(None, args.modes.split(",")):
-        rows.append(run_mode(args, MODEL if mode == "bf16" else base,
+        rows.append(run_mode(args, args.model if mode == "bf16" else base,
                              None if mode == "bf16" else mode))
         write_text_atomic(Path(args.out), table(rows, args))
         print(table(rows, args), flush=True)
