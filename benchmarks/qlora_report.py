@@ -64,6 +64,14 @@ def _verdict(rows: list[dict]) -> list[str]:
     if ref is None:
         return []
     out = []
+    base = by.get("bf16 (untrained)")
+    if base is not None:
+        inside = ref["low"] <= base["acc"] <= ref["high"]
+        out.append(f"- the untrained model: accuracy {base['acc']:.3f} is "
+                   f"{'inside' if inside else 'outside'} that interval too"
+                   + (", so these steps and held-out questions do not resolve the fine-tune's "
+                      "own gain either: 'within the interval' is a weak test here." if inside
+                      else "."))
     for label, r in by.items():
         if label in ("bf16", "bf16 (untrained)"):
             continue
