@@ -19,7 +19,6 @@ the kernel is not registered and these schemes keep the reference path.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +53,7 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
 
 
 _lib, WHY = (None, "switched off by LOWBIT_CPU_LUT=0") \
-    if os.environ.get("LOWBIT_CPU_LUT", "1").strip() in ("0", "off", "no", "false") \
+    if native.switched_off("LOWBIT_CPU_LUT") \
     else load_library()
 _POOL = RowPool()
 

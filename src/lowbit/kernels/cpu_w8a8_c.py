@@ -16,7 +16,6 @@ rowsum`` off).
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Mapping
 
 import torch
@@ -45,7 +44,7 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
 
 
 _lib, WHY = (None, "switched off by LOWBIT_CPU_W8A8_C=0") \
-    if os.environ.get("LOWBIT_CPU_W8A8_C", "1").strip() in ("0", "off", "no", "false") \
+    if native.switched_off("LOWBIT_CPU_W8A8_C") \
     else load_library()
 _POOL = RowPool()
 

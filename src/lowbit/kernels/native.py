@@ -24,6 +24,11 @@ CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
 
 
+def switched_off(env: str) -> bool:
+    """Whether environment variable ``env`` turns a native kernel off (0, off, no, false)."""
+    return os.environ.get(env, "1").strip().lower() in ("0", "off", "no", "false")
+
+
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
