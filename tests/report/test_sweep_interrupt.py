@@ -22,7 +22,9 @@ from lowbit.cli import main
 from lowbit.report.results import RESULTS_JSONL, figures, read_records
 
 SRC = str(Path(__file__).parents[2] / "src")
-SCHEMES = ["int8-sym-channel", "int4-asym-g32", "nf4-g64"]  # one row a run, at least
+# one row a run at least; enough rows after the first that a driver the test process cannot
+# signal at once (a loaded CI machine) does not finish them all before the signal lands
+SCHEMES = ["int8-sym-channel", "int4-asym-g32", "nf4-g64", "int4-sym-g64", "q8_0", "fp8-e4m3-g32"]
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
