@@ -22,9 +22,7 @@ from lowbit.cli import main
 from lowbit.report.results import RESULTS_JSONL, figures, read_records
 
 SRC = str(Path(__file__).parents[2] / "src")
-# one row a run at least; enough rows after the first that a driver the test process cannot
-# signal at once (a loaded CI machine) does not finish them all before the signal lands
-SCHEMES = ["int8-sym-channel", "int4-asym-g32", "nf4-g64", "int4-sym-g64", "q8_0", "fp8-e4m3-g32"]
+SCHEMES = ["int8-sym-channel", "int4-asym-g32", "nf4-g64"]  # one row a run, at least
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
@@ -45,7 +43,8 @@ def _interrupt(argv: list[str], out: Path, at_least: int, sig: int,
     descendants (pid: command line) meanwhile."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "lowbit.cli", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while len(_rows(out)) < at_least:
         if seen is not None:
@@ -57,6 +56,13 @@ def _interrupt(argv: list[str], out: Path, at_least: int, sig: int,
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc, err
+
+
+def _default_sigint() -> None:
+    """SIGINT back to its default in the child: a suite run as a background job of a
+    non-interactive shell (as CI may) inherits SIGINT ignored, and a Python started so installs
+    no KeyboardInterrupt handler, so the driver would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _descendants(pid: int) -> dict[int, str]:
