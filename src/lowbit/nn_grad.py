@@ -62,8 +62,16 @@ def _cached(layer: QuantLinear, dtype: torch.dtype | None = None) -> torch.Tenso
 def backward_weight(layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
     """The dequantized weight for a backward pass: the kernel's cached one when it holds one in
     ``dtype``, else dequantized now (and dropped after the pass)."""
+    return _held_weight(layer, dtype)[0]
+
+
+def _held_weight(layer: QuantLinear, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """:func:`backward_weight` and the bytes it newly holds (0 for the kernel's own cache)."""
     cached = _cached(layer, dtype)
-    return cached if cached is not None else layer.qweight.dequantize(dtype=dtype)
+    if cached is not None:
+        return cached, 0
+    w = layer.qweight.dequantize(dtype=dtype)
+    return w, w.numel() * w.element_size()
 
 
 class FrozenQuantLinearFn(torch.autograd.Function):
@@ -76,9 +84,7 @@ class FrozenQuantLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        fresh = _cached(ctx.layer, grad_out.dtype) is None
-        w = backward_weight(ctx.layer, grad_out.dtype)
-        n = w.numel() * w.element_size() if fresh else 0
+        w, n = _held_weight(ctx.layer, grad_out.dtype)
         METER.add(n)
         dx = grad_out @ w
         METER.add(-n)
@@ -92,9 +98,7 @@ class StepQuantLinearFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # type: ignore[override]
         from lowbit.kernels import reference
 
-        fresh = _cached(layer, x.dtype) is None
-        w = backward_weight(layer, x.dtype)
-        ctx.held = w.numel() * w.element_size() if fresh else 0
+        w, ctx.held = _held_weight(layer, x.dtype)
         METER.add(ctx.held)
         ctx.save_for_backward(w)
         return reference.linear(x, layer.qweight, None, {"weight": w}, {})
