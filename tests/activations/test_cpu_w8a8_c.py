@@ -23,6 +23,7 @@ from lowbit.kernels import cpu_w8a8, cpu_w8a8_c
 from lowbit.methods.rtn import quantize_rtn
 from lowbit.nn import QuantLinear
 from tests.activations.test_cpu_w8a8 import UNIT, layer
+from tests.native_builds import use_build
 
 pytestmark = pytest.mark.skipif(not cpu_w8a8_c.available(),
                                 reason=f"the W8A8 C library is not built here: {cpu_w8a8_c.WHY}")
@@ -35,11 +36,7 @@ PATHS = {"native": (), "avx-vnni": ("-mno-avx512f",),
 @pytest.fixture(params=list(PATHS))
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the kernel through one build of the C source."""
-    lib, why = cpu_w8a8_c.load_library(PATHS[request.param])
-    if lib is None:
-        pytest.skip(f"{request.param} build failed: {why}")
-    monkeypatch.setattr(cpu_w8a8_c, "_lib", lib)
-    return request.param
+    return use_build(cpu_w8a8_c, PATHS, request, monkeypatch)
 
 
 def reference_codes(x: torch.Tensor, static: float | None) -> tuple[torch.Tensor, torch.Tensor]:

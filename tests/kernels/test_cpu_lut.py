@@ -20,6 +20,7 @@ import lowbit
 from lowbit import kernels
 from lowbit.kernels import cpu_lut
 from lowbit.nn import QuantLinear
+from tests.native_builds import use_build
 
 pytestmark = pytest.mark.skipif(not cpu_lut.available(),
                                 reason=f"cpu-lut4 is not built here: {cpu_lut.WHY}")
@@ -35,11 +36,7 @@ PATHS = {"native": (), "avx2": ("-mno-avx512f",),
 @pytest.fixture(params=list(PATHS))
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the kernel through one build of the C source."""
-    lib, why = cpu_lut.load_library(PATHS[request.param])
-    if lib is None:
-        pytest.skip(f"{request.param} build failed: {why}")
-    monkeypatch.setattr(cpu_lut, "_lib", lib)
-    return request.param
+    return use_build(cpu_lut, PATHS, request, monkeypatch)
 
 
 def layer(scheme: str, out_f: int, in_f: int, seed: int = 0, bias: bool = True) -> QuantLinear:
