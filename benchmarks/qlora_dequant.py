@@ -32,20 +32,45 @@ sys.exit(r.returncode)
 """
 
 
-def run_mode(args: argparse.Namespace, base: str, mode: str | None) -> dict:
-    """One ``lowbit finetune`` in a fresh process: its record and peak RSS (MB)."""
-    out = Path(args.work) / f"ft-{mode or 'bf16'}"
+OPTIONS = {"gc": ("--gradient-checkpointing", "gradient checkpointing"),
+           "trim": ("--trim-heap", "trim heap")}
+
+
+def run_mode(args: argparse.Namespace, base: str, mode: str | None, extras: list[str]) -> dict:
+    """One ``lowbit finetune`` in a fresh process (``extras``: keys of :data:`OPTIONS`): its
+    record and peak RSS (MB)."""
+    label = " + ".join([mode or "bf16 LoRA", *(OPTIONS[e][1] for e in extras)])
+    out = Path(args.work) / "-".join(["ft", mode or "bf16", *extras])
     cmd = [sys.executable, "-m", "lowbit.cli", "finetune", base, "--data", args.questions,
            "-o", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch),
            "--length", str(args.length), "--held-out", "0.3", "--force"]
     cmd += ["--dequant", mode] if mode else []
+    cmd += [OPTIONS[e][0] for e in extras]
     env = {**os.environ, "PYTHONPATH": "src"}
     r = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.PIPE, text=True)
     rec = json.loads((out / "finetune.json").read_text())
     rec["peak_rss_mb"] = int(r.stdout.strip().splitlines()[-1]) / 1024
-    rec["label"] = mode or "bf16 LoRA"
+    rec["label"] = label
     return rec
+
+
+_LIBRARIES = r"""
+import lowbit.cli, lowbit.training.api, lowbit.training.lora, lowbit.training.loop, transformers
+import lowbit.kernels
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+        print(int(line.split()[1]))
+"""
+
+
+def libraries_mb() -> float:
+    """RSS (MB) of a fresh process that imported what ``lowbit finetune`` imports, no model:
+    the part of every run's peak that is not the model's."""
+    env = {**os.environ, "PYTHONPATH": "src"}
+    r = subprocess.run([sys.executable, "-c", _LIBRARIES], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.PIPE, text=True)
+    return int(r.stdout.strip().splitlines()[-1]) / 1024
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -55,15 +80,28 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
              "time: median of the steps after the first. Peak RSS: the process, loading "
              "included; training: from the start of training (`finetune.json`'s "
              "`train_memory`). Dequantized: float weights held at the peak for backward passes "
-             "(counted by `lowbit.nn_grad`). Produced by "
+             "(counted by `lowbit.nn_grad`). Above libraries: peak RSS less that of a process "
+             f"that only imported lowbit's training stack ({args.libraries_mb:.0f} MB, the "
+             "interpreter, torch, transformers, peft and what peft imports), which every run "
+             "holds whatever the model. Ratio: to the bf16 LoRA run with the same options "
+             "(`--gradient-checkpointing`, `--trim-heap`). Produced by "
              "`benchmarks/qlora_dequant.py`.", "",
              "| run | median step (s) | first step (s) | peak RSS (MB) | peak RSS training (MB) |"
-             " dequantized held (MB) | first → last loss |", "|---|---:|---:|---:|---:|---:|---|"]
+             " above libraries (MB) | ratio to bf16 LoRA (peak / above libraries) |"
+             " dequantized held (MB) | first → last loss |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    lib = args.libraries_mb
     for r in rows:
         st = r["step_seconds"]
+        ref = next((b for b in rows if b["label"].startswith("bf16") and
+                    b["label"].partition(" + ")[2] == r["label"].partition(" + ")[2]), None)
+        ratio = "–" if ref is None or ref is r else (
+            f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x / "
+            f"{(r['peak_rss_mb'] - lib) / (ref['peak_rss_mb'] - lib):.2f}x")
         lines.append(f"| {r['label']} | {statistics.median(st[1:] or st):.2f} | {st[0]:.2f} | "
                      f"{r['peak_rss_mb']:.0f} | "
                      f"{r['train_memory']['peak_rss_bytes'] / 2**20:.0f} | "
+                     f"{r['peak_rss_mb'] - lib:.0f} | {ratio} | "
                      f"{r.get('dequant_bytes', 0) / 1e6:.0f} | "
                      f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f} |")
     return "\n".join(lines) + "\n"
@@ -124,14 +162,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=96)
-    p.add_argument("--modes", default=",".join(MODES) + ",bf16")
+    p.add_argument("--modes", default=",".join(MODES) + ",bf16",
+                   help="runs, comma-separated: a --dequant mode or bf16 (16-bit LoRA), each "
+                        "with +gc (--gradient-checkpointing) and/or +trim (--trim-heap), e.g. "
+                        "recompute+gc,bf16+gc")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (0: none)")
     args = p.parse_args()
     base = str(checkpoint(Path(args.work), "nf4-g64-dq", args.model))
+    args.libraries_mb = libraries_mb()
     rows = []
-    for mode in filter(None, args.modes.split(",")):
+    for spec in filter(None, args.modes.split(",")):
+        mode, *extras = spec.split("+")
+        if mode not in (*MODES, "bf16") or not set(extras) <= set(OPTIONS):
+            p.error(f"--modes: {spec!r} is not a mode (recompute, step, all, bf16) with "
+                    "optional +gc and +trim")
         rows.append(run_mode(args, args.model if mode == "bf16" else base,
-                             None if mode == "bf16" else mode))
+                             None if mode == "bf16" else mode, extras))
         write_text_atomic(Path(args.out), table(rows, args))
         print(table(rows, args), flush=True)
     if args.rounds > 1:

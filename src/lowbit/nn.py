@@ -105,15 +105,33 @@ class QuantLinear(nn.Module):
             return trainable_forward(self, x)  # the weight frozen; see lowbit.nn_grad
         return self.run_kernel(x, None if self.bias is None else self.bias.to(x.dtype))
 
-    def run_kernel(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x @ W^T + bias`` by the kernel chosen for ``x``'s device and dtype (no autograd)."""
-        entry = self._dispatch.get((x.device.type, x.dtype))
-        if entry is None or entry[3] != registry.version():
-            entry = self._resolve(x.device.type, x.dtype)
-        kernel, options, label, _ = entry
-        layout = self._runtime_layout(kernel, options, x.dtype) if kernel.prepare else {}
+    def run_kernel(self, x: torch.Tensor, bias: torch.Tensor | None, *,
+                   keep_layout: bool = True) -> torch.Tensor:
+        """``x @ W^T + bias`` by the kernel chosen for ``x``'s device and dtype (no autograd).
+        ``keep_layout=False``: a layout this call builds is dropped after it (training's
+        ``recompute`` mode keeps nothing but the packed weight)."""
+        kernel, options, label = self._kernel_for(x.device.type, x.dtype)
+        layout = self._runtime_layout(kernel, options, x.dtype, keep_layout) \
+            if kernel.prepare else {}
         self.kernels_ran.add(label)
         return kernel.linear(x, self.qweight, bias, layout, options)
+
+    def input_grad(self, grad_out: torch.Tensor) -> torch.Tensor | None:
+        """A backward pass's ``grad_out @ W`` by the kernel's own ``grad_input`` (its layout
+        built for this call only, unless already kept), in ``grad_out``'s dtype; None when the
+        kernel chosen for ``grad_out``'s device and dtype has none."""
+        kernel, options, _ = self._kernel_for(grad_out.device.type, grad_out.dtype)
+        if kernel.grad_input is None or kernel.prepare is None:
+            return None
+        layout = self._runtime_layout(kernel, options, grad_out.dtype, keep=False)
+        return kernel.grad_input(grad_out, self.qweight, layout).to(grad_out.dtype)
+
+    def _kernel_for(self, device_type: str, dtype: torch.dtype
+                    ) -> tuple[Kernel, dict[str, Any], str]:
+        entry = self._dispatch.get((device_type, dtype))
+        if entry is None or entry[3] != registry.version():
+            entry = self._resolve(device_type, dtype)
+        return entry[:3]
 
     def _resolve(self, device_type: str, dtype: torch.dtype
                  ) -> tuple[Kernel, dict[str, Any], str, int]:
@@ -131,20 +149,24 @@ class QuantLinear(nn.Module):
         self._dispatch[(device_type, dtype)] = entry
         return entry
 
-    def _runtime_layout(self, kernel: Kernel, options: Mapping[str, Any], dtype: torch.dtype
-                        ) -> dict[str, torch.Tensor]:
+    def _runtime_layout(self, kernel: Kernel, options: Mapping[str, Any], dtype: torch.dtype,
+                        keep: bool = True) -> dict[str, torch.Tensor]:
         """The kernel's layout for this call, built on the first call that needs it (one layout
-        is kept at a time, in non-persistent buffers)."""
+        is kept at a time, in non-persistent buffers; ``keep=False`` builds one that is not
+        kept, unless the kept one is the one wanted)."""
         key = (kernel.name, tuple(sorted(options.items())), dtype, self._buffers["codes"].device)
-        if key != self._layout_key:
-            self._drop_layout()
-            assert kernel.prepare is not None
-            with torch.inference_mode(False), torch.no_grad():
-                built = kernel.prepare(self.qweight, dtype, options)
+        if key == self._layout_key:
+            return self._layout
+        assert kernel.prepare is not None
+        if keep:
+            self._drop_layout()  # the old layout freed before the new one is built
+        with torch.inference_mode(False), torch.no_grad():
+            built = kernel.prepare(self.qweight, dtype, options)
+        if keep:
             for name, tensor in built.items():
                 self.register_buffer(_LAYOUT_PREFIX + name, tensor, persistent=False)
             self._layout, self._layout_key = dict(built), key
-        return self._layout
+        return built
 
     def _drop_layout(self) -> None:
         for name in self._layout:

@@ -3,9 +3,12 @@
 ``dx = dy @ W``; where ``W`` comes from is the layer's ``grad_dequant`` mode
 (:func:`set_grad_dequant`), a trade of memory for time:
 
-- ``recompute`` (default, least memory): the forward runs the layer's own kernel and the backward
-  dequantizes ``W`` again, dropped after the pass; nothing is kept between the two, so training
-  holds the packed weights and one layer's float weight at a time.
+- ``recompute`` (default, least memory): the forward runs the layer's own kernel, and a runtime
+  layout it builds (e.g. cpu-lut4's repacked codes) is dropped after the call. The backward
+  computes ``dy @ W`` by the kernel's own ``grad_input`` where it has one (cpu-lut4: fp32, from
+  1 MB tiles of rows dequantized by its C code), else dequantizes ``W`` again and drops it after
+  the pass. Nothing is kept between the two, so training holds the packed weights and at most
+  one layer's float weight at a time.
 - ``step``: the forward dequantizes once, multiplies by the reference math and keeps ``W`` for
   this step's backward (one dequantization per layer per step, not two; at the end of a forward
   every layer's float weight is alive, so a step's peak is the ``all`` mode's).
@@ -75,16 +78,24 @@ def _held_weight(layer: QuantLinear, dtype: torch.dtype) -> tuple[torch.Tensor, 
 
 
 class FrozenQuantLinearFn(torch.autograd.Function):
-    """``recompute``: ``y = kernel(x)`` forward, ``dx = dy @ dequantize(W)`` backward."""
+    """``recompute`` and ``all``: ``y = kernel(x)`` forward (in ``recompute`` a layout the kernel
+    builds is not kept);
+    backward ``dx = dy @ W`` by the kernel's own ``grad_input`` where it has one, else with
+    ``W`` dequantized for the pass."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # type: ignore[override]
-        ctx.layer = layer
-        return layer.run_kernel(x, None)
+        ctx.layer = layer  # recompute keeps no layout; all keeps its cache (a layout)
+        return layer.run_kernel(x, None, keep_layout=layer.grad_dequant != "recompute")
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        w, n = _held_weight(ctx.layer, grad_out.dtype)
+        layer = ctx.layer
+        if _cached(layer, grad_out.dtype) is None:
+            dx = layer.input_grad(grad_out)
+            if dx is not None:
+                return dx, None
+        w, n = _held_weight(layer, grad_out.dtype)
         METER.add(n)
         dx = grad_out @ w
         METER.add(-n)
@@ -132,7 +143,7 @@ def set_grad_dequant(model: nn.Module, mode: str) -> int:
     """Set every QuantLinear of ``model`` to ``mode`` (one of :data:`DEQUANT_MODES`); ``all``
     also makes each automatically-choosing layer run the reference kernel with ``cache_weight``
     (a layer pinned to another kernel recomputes); leaving ``all`` puts the replaced choice
-    back. Returns the number of layers set."""
+    back. Every mode drops a layout kept by earlier calls. Returns the number of layers set."""
     from lowbit import kernels
     from lowbit.nn import QuantLinear
 
@@ -140,6 +151,7 @@ def set_grad_dequant(model: nn.Module, mode: str) -> int:
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     for layer in layers:
         layer.grad_dequant = mode
+        layer._drop_layout()  # a layout kept by earlier calls: training keeps none beside W
         before = layer.__dict__.pop("_choice_before_all", None)
         if before is not None:  # leaving "all": the choice it replaced back (frees the cache)
             layer.kernel_choice = before

@@ -13,11 +13,12 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lowbit
 from lowbit import kernels
+from lowbit.core.packing import unpack
 from lowbit.kernels import cpu_lut
 from lowbit.nn import QuantLinear
 from tests.native_builds import use_build
@@ -117,6 +118,43 @@ def test_the_tiles_dequantize_to_the_reference_weight_exactly() -> None:
     ref = m.qweight.dequantize()
     assert torch.equal(cpu_lut.dequantize(layout)[:, :100], ref)
     assert torch.equal(cpu_lut.dequantize(layout, slice(17, 40))[:, :100], ref[17:40])
+
+
+def torch_repack(qt) -> torch.Tensor:
+    """The kernel's code layout built with torch ops: what the C repacking must give."""
+    n, k = qt.shape
+    kp = -(-k // 32) * 32
+    codes = torch.zeros(n, kp, dtype=torch.uint8)
+    codes[:, :k] = unpack(qt.codes, 4, qt.numel).view(n, k)
+    halves = codes.view(n, kp // 32, 2, 16)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, kp // 2)
+
+
+@settings(max_examples=30, deadline=None,  # the fixture only picks the build: shared is right
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(out_f=st.integers(1, 40), in_f=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_the_c_repacking_matches_torch_ops(path: str, out_f: int, in_f: int, seed: int) -> None:
+    # odd widths start rows in the middle of a byte; widths off 32 pad with code 0
+    qt = layer("nf4-g64", out_f, in_f, seed=seed).qweight
+    assert torch.equal(cpu_lut.repack(qt), torch_repack(qt))
+
+
+@pytest.mark.parametrize("perm", [False, True])
+@pytest.mark.parametrize("scheme", ["nf4-g64-dq", "mxfp4", "int4-sym-g32"])
+def test_grad_input_is_dy_times_the_reference_weight(scheme: str, perm: bool) -> None:
+    m = layer(scheme, 300, 200, seed=2)  # several row tiles; a padded width
+    qt = m.qweight
+    if perm:
+        order = torch.randperm(200, generator=torch.Generator().manual_seed(4)).to(torch.int32)
+        qt = type(qt)(**{**qt.__dict__, "perm": order})
+    dy = torch.randn(2, 3, 300, generator=torch.Generator().manual_seed(5))
+    got = cpu_lut.grad_input(dy, qt, cpu_lut.prepare(qt, torch.float32, {}))
+    w = qt.dequantize().double()
+    exact = dy.double() @ w
+    # fp32 sums over 300 rows, in tiles: (N + 2) u32 |dy| @ |W|
+    bound = 302 * FP32_U * (dy.double().abs() @ w.abs()) + 1e-30
+    assert got.shape == (2, 3, 200) and got.dtype == torch.float32
+    assert ((got.double() - exact).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("scheme", ["nf4-g64-out16", "int4-asym-g16", "int3-sym-g64"])

@@ -186,3 +186,73 @@ def test_dequant_modes_train_alike_and_count_what_they_hold(tiny_hf_dir, questio
     assert mem["peak_rss_bytes"] >= mem["rss_before_bytes"] > 0
     with pytest.raises(ValueError, match="--dequant 'fast'"):
         _run(str(tiny_hf_dir), questions, tmp_path / "bad", dequant="fast")
+
+
+def test_attaching_lora_dequantizes_no_layer(tiny_llama, monkeypatch) -> None:
+    from lowbit.core.qtensor import QTensor
+
+    model, _ = tiny_llama
+    lowbit.quantize(model, SCHEME, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("attaching adapters dequantized a layer")
+
+    monkeypatch.setattr(QTensor, "dequantize", refuse)
+    peft_model = attach_lora(model, r=4)
+    lora = [m for m in peft_model.modules() if isinstance(m, LoraQuantLinear)]
+    assert lora and all(m.lora_A["default"].weight.dtype == torch.float32 for m in lora)
+
+
+def test_the_loss_from_scored_positions_only_equals_the_full_one(tiny_llama) -> None:
+    from lowbit.training.examples import IGNORE
+    from lowbit.training.losses import causal_lm_loss
+
+    model, _ = tiny_llama
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 250, (3, 20), generator=g)
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 5:8], labels[1, 12:20], labels[2, 19] = ids[0, 5:8], ids[1, 12:20], ids[2, 19]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    full = causal_lm_loss(model(input_ids=ids).logits, labels)
+    assert loop.takes_logits_to_keep(model)
+    assert torch.allclose(loop.lm_loss_fn()(model, batch), full, rtol=1e-6)
+
+    class NoKeep(torch.nn.Module):  # a forward without logits_to_keep: the full logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert not loop.takes_logits_to_keep(NoKeep())
+    assert torch.allclose(loop.lm_loss_fn()(NoKeep(), batch), full, rtol=1e-6)
+
+
+def test_gradient_checkpointing_trains_alike(tiny_hf_dir, questions, tmp_path) -> None:
+    plain = _run(str(tiny_hf_dir), questions, tmp_path / "plain")
+    ckpt = _run(str(tiny_hf_dir), questions, tmp_path / "ckpt", gradient_checkpointing=True)
+    assert ckpt.record["gradient_checkpointing"] and not plain.record["gradient_checkpointing"]
+    assert ckpt.log.losses == pytest.approx(plain.log.losses, rel=1e-5)
+    from lowbit.training.api import enable_checkpointing
+
+    with pytest.raises(ValueError, match="no-such-model does not support"):
+        enable_checkpointing(torch.nn.Linear(2, 2), "no-such-model")
+
+
+def test_cli_memory_options_in_a_fresh_process(tiny_hf_dir, questions, tmp_path) -> None:
+    # --trim-heap changes malloc for the whole process: not in the test runner's
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "lean"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", "lowbit.cli", "finetune", str(tiny_hf_dir), "--scheme",
+                    "nf4-g64-dq", "--data", str(questions), "-o", str(out), "--steps", "2",
+                    "--batch-size", "2", "--lora-r", "4", "--length", "32",
+                    "--gradient-checkpointing", "--trim-heap"], env=env, check=True,
+                   capture_output=True)
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["trim_heap"] and record["gradient_checkpointing"] and record["steps"] == 2
+    assert record["layout_bytes"] == 0  # recompute: no kernel layout kept beside the codes

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lowbit.kernels import cpu_lut
 from lowbit.kernels.choice import KernelChoice
 from lowbit.nn import QuantLinear
 from lowbit.nn_grad import DEQUANT_MODES, METER, dequant_cache_bytes, set_grad_dequant
@@ -114,6 +115,7 @@ def test_what_each_mode_holds_is_counted() -> None:
     x = torch.randn(2, 256, requires_grad=True)
     w_bytes = 96 * 256 * 4
     held: dict[str, tuple[int, int, int]] = {}
+    peaks = {"recompute": 0 if cpu_lut.available() else w_bytes, "step": w_bytes, "all": 0}
     for mode in DEQUANT_MODES:
         q, _ = _pair("nf4-g64-dq", bias=False)
         set_grad_dequant(q, mode)
@@ -130,7 +132,9 @@ def test_what_each_mode_holds_is_counted() -> None:
             y.sum().backward()
         held[mode] = (between, METER.held, dequant_cache_bytes(q))
         assert (96 * 256 in saved) == (mode == "step"), mode
-        assert METER.peak == (w_bytes if mode != "all" else 0), mode  # all: the cache instead
+        # recompute: cpu-lut4's grad_input works from 1 MB tiles and holds no float weight;
+        # all: the cache instead
+        assert METER.peak == peaks[mode], mode
     assert held == {"recompute": (0, 0, 0), "step": (w_bytes, 0, 0), "all": (0, 0, w_bytes)}
     set_grad_dequant(q, "recompute")  # leaving "all" frees its cache, the choice as before
     assert dequant_cache_bytes(q) == 0 and q.kernel_choice == KernelChoice()
@@ -140,3 +144,28 @@ def test_an_unknown_mode_is_refused() -> None:
     q, _ = _pair("int4-asym-g64", bias=False)
     with pytest.raises(ValueError, match="--dequant 'fast'"):
         set_grad_dequant(q, "fast")
+
+
+def test_recompute_keeps_no_layout_and_a_lut_layer_never_dequantizes(monkeypatch) -> None:
+    if not cpu_lut.available():
+        pytest.skip(f"cpu-lut4 is not built here: {cpu_lut.WHY}")
+    from lowbit.core.qtensor import QTensor
+    from lowbit.nn_grad import layout_bytes
+
+    q, ref = _pair("nf4-g64-dq", bias=True)
+    with torch.no_grad():
+        q(torch.randn(2, 256))  # inference keeps cpu-lut4's repacked codes
+    assert layout_bytes(q) > 0
+    set_grad_dequant(q, "recompute")
+    assert layout_bytes(q) == 0  # dropped: training holds the packed weight alone
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole weight was dequantized")
+
+    monkeypatch.setattr(QTensor, "dequantize", refuse)
+    x, dy = torch.randn(4, 256), torch.randn(4, 96)
+    _, gq = _grads(q, x, dy)  # forward: the kernel; backward: its grad_input, in tiles
+    monkeypatch.undo()
+    _, gr = _grads(ref, x, dy)
+    assert (gq - gr).abs().le(4 * 96 * 2.0**-24 * (dy.abs() @ ref.weight.abs()) + 1e-12).all()
+    assert layout_bytes(q) == 0 and q.kernels_ran == {"cpu-lut4"}

@@ -15,7 +15,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                    merge=args.merge, held_out=args.held_out, max_examples=args.max_examples,
                    force=args.force, dtype=parse_dtype(args.dtype), steps=args.steps,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   optimizer=args.optimizer, save_every=args.save_every, dequant=args.dequant)
+                   optimizer=args.optimizer, save_every=args.save_every, dequant=args.dequant,
+                   gradient_checkpointing=args.gradient_checkpointing, trim_heap=args.trim_heap)
     log = res.log
     first, last = log.losses[0], log.losses[-1]
     print(f"model            {args.model}" + (f" quantized as {args.scheme}" if args.scheme
@@ -69,6 +70,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a quantized layer's weight for the backward pass: dequantized again "
                         "(recompute, least memory; default), kept from the forward for the step "
                         "(step), or kept for the whole run (all: float-sized, fastest)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="keep only each block's input for the backward pass and recompute the "
+                        "rest: less activation memory, about a third slower")
+    p.add_argument("--trim-heap", action="store_true",
+                   help="give freed memory back to the system at once (glibc): a lower peak "
+                        "RSS, slower steps")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="dtype of the base's float tensors and activations (default bfloat16)")
     p.add_argument("--recover", action="store_true",

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
 from lowbit.formats.integer import IntFormat
 from lowbit.kernels import native
@@ -48,7 +47,8 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
     if lib is not None:
         lib.lut4_gemv.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I]
         lib.lut4_dequant.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I]
-        lib.lut4_gemv.restype = lib.lut4_dequant.restype = None
+        lib.lut4_repack.argtypes = [_P, _P, _I, _I, _I, _I]
+        lib.lut4_gemv.restype = lib.lut4_dequant.restype = lib.lut4_repack.restype = None
     return lib, why
 
 
@@ -76,21 +76,29 @@ def table(qt: QTensor) -> torch.Tensor:
     return values.to(torch.float32).contiguous()
 
 
+def repack(qt: QTensor) -> torch.Tensor:
+    """The codes in the kernel's layout, by the C code: rows padded to a multiple of 32 codes,
+    16 bytes per 32 codes (byte j: code j low, code j + 16 high)."""
+    n, k = qt.shape
+    kp = -(-k // 32) * 32
+    out = torch.empty(n, kp // 2, dtype=torch.uint8)
+    codes = qt.codes.contiguous()
+    _run_rows(lambda r0, r1: _lib.lut4_repack(codes.data_ptr(), out.data_ptr(), k, kp, r0, r1),
+              n)
+    return out
+
+
 def prepare(qt: QTensor, dtype: torch.dtype, options: Mapping[str, Any]
             ) -> dict[str, torch.Tensor]:
     """Codes repacked 32 to 16 bytes (byte j: code j low, code j+16 high), fp32 group scales."""
     n, k = qt.shape
     kp = -(-k // 32) * 32
-    codes = torch.zeros(n, kp, dtype=torch.uint8)
-    codes[:, :k] = unpack(qt.codes, 4, qt.numel).view(n, k)
-    halves = codes.view(n, kp // 32, 2, 16)
-    packed = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, kp // 2)
     gs = qt.scheme.block_size if qt.scheme.granularity == "block" else kp
     scale = qt.effective_scale().to(torch.float32).expand(n, -1)
     groups = -(-kp // gs)
     if scale.shape[1] < groups:  # padded columns read a zero scale (their codes are 0 too)
         scale = torch.nn.functional.pad(scale, (0, groups - scale.shape[1]))
-    layout = {"weight": packed.contiguous(), "scale": scale.contiguous(), "lut": table(qt),
+    layout = {"weight": repack(qt), "scale": scale.contiguous(), "lut": table(qt),
               "group": torch.tensor(gs)}
     if qt.perm is not None:
         layout["perm"] = qt.perm.to(torch.long)
@@ -115,6 +123,25 @@ def dequantize(layout: Mapping[str, torch.Tensor], rows: slice | None = None,
     _run_rows(lambda a, b: _lib.lut4_dequant(w.data_ptr(), s.data_ptr(), lut.data_ptr(),
                                              base, kp, gs, groups, r0 + a, r0 + b), r1 - r0)
     return out
+
+
+def grad_input(grad_out: torch.Tensor, qt: QTensor, layout: Mapping[str, torch.Tensor]
+               ) -> torch.Tensor:
+    """A backward pass's ``grad_out @ W`` in fp32, from tiles of rows the C code dequantizes
+    into one reused 1 MB buffer (never the whole float weight), in ``qt``'s column order."""
+    n, kp = layout["weight"].shape[0], layout["weight"].shape[1] * 2
+    g = grad_out.reshape(-1, n).float()
+    step = max(16, _TILE_FLOATS // kp)
+    buf = torch.empty(min(step, n), kp, dtype=torch.float32)
+    dx = torch.zeros(g.shape[0], kp, dtype=torch.float32)
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        dx.addmm_(g[:, r0:r1], dequantize(layout, slice(r0, r1), buf[: r1 - r0]))
+    dx = dx[:, : qt.shape[1]]
+    perm = layout.get("perm")
+    if perm is not None:  # layout column j holds the input column perm[j]
+        dx = torch.empty_like(dx).index_copy_(1, perm, dx)
+    return dx.reshape(*grad_out.shape[:-1], qt.shape[1])
 
 
 def _tiled(xs: torch.Tensor, layout: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -158,7 +185,8 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
 LUT4 = Kernel("cpu-lut4", linear,
               Traits(bits={4}, kinds={"codebook", "float", "int"}, zero_point=False,
                      block_sizes=_BLOCK_SIZES, outliers=False),
-              devices={"cpu"}, dtypes=_DTYPES, priority=5, prepare=prepare)
+              devices={"cpu"}, dtypes=_DTYPES, priority=5, prepare=prepare,
+              grad_input=grad_input)
 
 if available():
     register(LUT4)

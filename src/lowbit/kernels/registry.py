@@ -25,6 +25,8 @@ LinearFn = Callable[[torch.Tensor, QTensor, "torch.Tensor | None", Mapping[str, 
                      Mapping[str, Any]], torch.Tensor]
 # prepare(qweight, activation dtype, options) -> runtime layout, kept in non-persistent buffers
 PrepareFn = Callable[[QTensor, torch.dtype, Mapping[str, Any]], dict[str, torch.Tensor]]
+# grad_input(grad_out, qweight, layout) -> grad_out @ W (float32), the input's gradient
+GradInputFn = Callable[[torch.Tensor, QTensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 def _frozen(values: Iterable[Any] | None) -> frozenset[Any] | None:
@@ -98,6 +100,8 @@ class Kernel:
     with their defaults. ``fits(out_features, in_features)`` rejects shapes it cannot run
     (e.g. a tile size that must divide ``in_features``). ``prepare`` builds a runtime layout
     once per (device, dtype, options); without it the kernel works from the QTensor alone.
+    ``grad_input`` (optional) computes a backward pass's ``grad_out @ W`` from that layout
+    without a float copy of the whole weight (``lowbit.nn_grad``).
     """
 
     name: str
@@ -109,6 +113,7 @@ class Kernel:
     options: tuple[tuple[str, Any], ...] = ()
     prepare: PrepareFn | None = None
     fits: Callable[[int, int], bool] | None = None
+    grad_input: GradInputFn | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

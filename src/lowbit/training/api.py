@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,17 @@ def data_files(data: str | os.PathLike | list[str] | None, recover: bool) -> lis
     return files
 
 
+def enable_checkpointing(model: nn.Module, source: str) -> None:
+    """transformers' gradient checkpointing (non-reentrant: the frozen embeddings need no
+    gradient for it to reach the adapters); a ValueError naming ``source`` where the model
+    has none."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient-checkpointing: {source} does not support gradient "
+                         "checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # what transformers would otherwise warn about and do
+
+
 def memory_record(model: nn.Module, dequant: str) -> dict[str, Any]:
     """The ``--dequant`` mode, the float bytes it held at the peak, the kernels' layout bytes."""
     from lowbit import nn_grad
@@ -141,13 +153,18 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
              recover: bool = False, merge: bool = False, held_out: float = 0.0,
              max_examples: int | None = None, force: bool = False, progress: bool = True,
              dtype: torch.dtype = torch.float32, dequant: str = "recompute",
+             gradient_checkpointing: bool = False, trim_heap: bool = False,
              **train: Any) -> FinetuneResult:
     """Train LoRA adapters (peft) on ``source`` (a model or lowbit checkpoint; quantized with
     ``scheme`` first when given) and write ``out``. ``dequant``: where a quantized layer's
-    backward gets its weight (:mod:`lowbit.nn_grad`); ``train``: :class:`TrainSettings` fields."""
+    backward gets its weight (:mod:`lowbit.nn_grad`); ``gradient_checkpointing``: keep only each
+    block's input and recompute the rest in the backward pass (less memory, about a third
+    slower); ``trim_heap``: give freed memory back to the system at once
+    (:mod:`lowbit.training.heap`; less memory, slower, for the rest of the process);
+    ``train``: :class:`TrainSettings` fields."""
     from lowbit import nn_grad
     from lowbit.eval.memory import peak_memory
-    from lowbit.training import loop, output
+    from lowbit.training import heap, loop, output
     from lowbit.training.lora import attach_lora, trainable_parameters
 
     settings = TrainSettings(**train)
@@ -158,10 +175,14 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
     record = {"base": source, "float_base": float_source(source), "scheme": scheme,
               "data": files, "recover": recover, "lora_r": lora_r, "lora_alpha": lora_alpha,
               "length": length, "held_out": held_out, "max_examples": max_examples,
+              "gradient_checkpointing": gradient_checkpointing, "trim_heap": trim_heap,
               "settings": asdict(settings), "status": "running"}
     if resume and output.read_record(out).get("settings") != record["settings"]:
         raise ValueError(f"{out}: an interrupted run with other settings; use --force or "
                          "another -o")
+    if trim_heap and not heap.trim_heap():
+        warnings.warn("--trim-heap: this C library has no glibc mallopt; memory is managed as "
+                      "usual", stacklevel=2)
     model, tok = _base_model(source, out, scheme, resume, dtype, progress)
     nn_grad.set_grad_dequant(model, dequant)
     if not resume:
@@ -175,6 +196,8 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
         teacher = lowbit.load_model(record["float_base"], dtype=dtype)[0].eval()
     torch.manual_seed(settings.seed)
     peft_model = attach_lora(model, r=lora_r, alpha=lora_alpha)
+    if gradient_checkpointing:
+        enable_checkpointing(peft_model, source)
     loss_fn = loop.kl_loss_fn(teacher) if teacher is not None else loop.lm_loss_fn()
     t0 = time.perf_counter()
     nn_grad.METER.reset()

@@ -164,13 +164,30 @@ def train(model: nn.Module, examples: Sequence[Example], loss_fn: LossFn, s: Tra
     return log
 
 
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model``'s forward (under peft's wrapper) computes logits at chosen positions
+    only (transformers' ``logits_to_keep``)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def lm_loss_fn() -> LossFn:
-    """Cross-entropy on the batch's labels."""
-    from lowbit.training.losses import causal_lm_loss
+    """Cross-entropy on the batch's labels, the output head run only at the scored positions
+    where the model allows it: a question's answer is a few tokens, and the logits of the rest
+    (batch x length x vocabulary floats, several copies through the loss) are most of a small
+    model's training memory."""
+    from lowbit.training.losses import causal_lm_loss, causal_lm_loss_at, scored_positions
 
     def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return causal_lm_loss(out.logits, batch["labels"])
+        kw: dict[str, Any] = {"input_ids": batch["input_ids"],
+                              "attention_mask": batch["attention_mask"]}
+        if not takes_logits_to_keep(model):
+            return causal_lm_loss(model(**kw).logits, batch["labels"])
+        keep = scored_positions(batch["labels"])
+        out = model(**kw, logits_to_keep=keep)
+        return causal_lm_loss_at(out.logits, batch["labels"], keep)
 
     return fn
 

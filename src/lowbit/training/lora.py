@@ -33,6 +33,15 @@ class LoraQuantLinear(_PeftLoraLinear):
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
 
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module
+                                         ) -> tuple[torch.device | None, torch.dtype | None]:
+        """The packed weight's device and no dtype (the adapters keep theirs): peft's default
+        reads ``base_layer.weight``, which for a QuantLinear dequantizes the whole layer, and
+        on a 1B model left about 0.6 GB of freed float weights in the process's heap."""
+        if isinstance(base_layer, QuantLinear):
+            return base_layer.codes.device, None
+        return super()._get_base_layer_device_and_dtype(base_layer)
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters' ``B A s`` to the dequantized weight and requantize it (rtn)."""
         from peft.tuners.tuners_utils import check_adapters_to_merge

@@ -15,6 +15,20 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred, labels[:, 1:].reshape(-1), ignore_index=IGNORE)
 
 
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions ``t`` whose next token is scored in some row (``labels[:, t + 1]`` set):
+    the only ones whose logits the loss needs."""
+    return (labels[:, 1:] != IGNORE).any(0).nonzero().flatten()
+
+
+def causal_lm_loss_at(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+                      ) -> torch.Tensor:
+    """:func:`causal_lm_loss` from the logits of positions ``keep`` only (``logits[:, i]`` is
+    position ``keep[i]``): the same value when ``keep`` holds every scored position."""
+    pred = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(pred, labels[:, keep + 1].reshape(-1), ignore_index=IGNORE)
+
+
 def kl_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
             ) -> torch.Tensor:
     """Mean over the positions where ``mask`` is 1 of KL(teacher || student), in nats: the

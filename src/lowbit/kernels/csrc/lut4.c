@@ -7,6 +7,8 @@
  *     y[t][r] = sum_g scale[r][g] * sum_{k in g} lut[code[r][k]] * x[t][k].
  * lut4_gemv computes rows [row0, row1) for ntok <= 4 tokens (x: ntok x kp, y: ntok x rows);
  * lut4_dequant writes the fp32 weights of rows [row0, row1). Products and sums are fp32.
+ * lut4_repack builds those rows from lowbit's storage packing (code i of the flattened weight
+ * in byte i / 2, low nibble first; row r starts at code r * k), padding with code 0.
  */
 #include <stdint.h>
 
@@ -186,6 +188,34 @@ void lut4_dequant(const uint8_t *w, const float *scale, const float *lut, float 
             out[r * kp + k] = code_value(w + r * (kp / 2), k, lut) * scale[r * groups + k / gs];
 }
 #endif
+
+static inline uint8_t stored_code(const uint8_t *codes, int64_t i) {
+    return (codes[i >> 1] >> ((i & 1) * 4)) & 15;
+}
+
+void lut4_repack(const uint8_t *codes, uint8_t *out, int64_t k, int64_t kp, int64_t row0,
+                 int64_t row1) {
+    for (int64_t r = row0; r < row1; r++) {
+        const int64_t base = r * k;
+        /* whole blocks of 32 codes starting on a byte: 16 stored bytes, codes 2m and 2m + 1 in
+           byte m; out byte j takes code j (byte j / 2) and code j + 16 (byte 8 + j / 2) */
+        const int64_t aligned = (base & 1) == 0 ? k / 32 : 0;
+        const uint8_t *s = codes + base / 2;
+        uint8_t *o = out + r * (kp / 2);
+        for (int64_t b = 0; b < aligned; b++, s += 16, o += 16)
+            for (int j = 0; j < 16; j += 2) {
+                o[j] = (uint8_t)((s[j / 2] & 15) | (s[8 + j / 2] << 4));
+                o[j + 1] = (uint8_t)((s[j / 2] >> 4) | (s[8 + j / 2] & 0xF0));
+            }
+        for (int64_t b = aligned; b < kp / 32; b++, o += 16)
+            for (int j = 0; j < 16; j++) {
+                const int64_t c0 = b * 32 + j, c1 = c0 + 16;
+                const uint8_t lo = c0 < k ? stored_code(codes, base + c0) : 0;
+                const uint8_t hi = c1 < k ? stored_code(codes, base + c1) : 0;
+                o[j] = (uint8_t)(lo | (hi << 4));
+            }
+    }
+}
 
 int lut4_has_simd(void) { /* 2: AVX-512, 1: AVX2, 0: portable C */
 #if defined(__AVX512F__)
