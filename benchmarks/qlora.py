@@ -13,7 +13,8 @@ weights (requantized); recovery trains on the calibration texts only.
 
 Every row runs in its own process (``--child``), so its peak RSS (``ru_maxrss``, read right after
 training, before any evaluation) is that row's alone; checkpoints are made once with
-``lowbit quantize`` and reused. Run under ``flock /work/notes/timing.lock`` for the wall times.
+``lowbit quantize`` and reused. Run under ``flock /work/notes/timing.lock`` for the wall times,
+with ``LOWBIT_TIMING_LOCK=held`` so that the report says so.
 
     PYTHONPATH=src python benchmarks/qlora.py
 """
@@ -228,7 +229,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--questions", default="social_iqa.jsonl")
     p.add_argument("--held-out", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=48)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=96)
     p.add_argument("--lr", type=float, default=5e-4)

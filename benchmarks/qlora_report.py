@@ -13,7 +13,7 @@ from lowbit.storage.atomic import write_text_atomic
 def _lock() -> str:
     if os.environ.get("LOWBIT_TIMING_LOCK") == "held":
         return "the run held the timing lock"
-    return "the timing lock was busy, so this run went without it"
+    return "the run did not declare that it held the timing lock (LOWBIT_TIMING_LOCK=held)"
 
 
 def _ci(r: dict) -> str:
@@ -22,8 +22,10 @@ def _ci(r: dict) -> str:
 
 def _dequant(args: Any) -> str:
     mode = getattr(args, "dequant", "recompute")
-    return {"recompute": "QLoRA dequantizes each layer's weight again in the backward pass "
-                         "(nothing cached, `--dequant recompute`).",
+    return {"recompute": "QLoRA keeps no float weight (`--dequant recompute`, the default "
+                         "and least memory): the forward runs each layer's kernel, the "
+                         "backward computes `dy @ W` from tiles of rows (cpu-lut4) or from the "
+                         "weight dequantized again for the pass.",
             "step": "QLoRA keeps each layer's dequantized weight from the forward to the "
                     "backward of a step (`--dequant step`).",
             "all": "QLoRA keeps every layer's dequantized weight for the whole run "
