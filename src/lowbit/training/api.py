@@ -4,6 +4,7 @@ distribution on calibration text. Writes the output folder of :mod:`lowbit.train
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.training.loop import TrainLog, TrainSettings
+from lowbit.eval.memory import peak_memory
+from lowbit.training.loop import LossFn, TrainLog, TrainSettings
 
 
 @dataclass
@@ -127,6 +129,35 @@ def data_files(data: str | os.PathLike | list[str] | None, recover: bool) -> lis
     return files
 
 
+def check_resume(out: Path, settings: dict[str, Any]) -> None:
+    """An interrupted run in ``out`` resumes only with the same training settings."""
+    from lowbit.training import output
+
+    if output.read_record(out).get("settings") != settings:
+        raise ValueError(f"{out}: an interrupted run with other settings; use --force or "
+                         "another -o")
+
+
+def trim_heap_or_warn() -> None:
+    """:func:`lowbit.training.heap.trim_heap`, with a warning where the C library has none."""
+    from lowbit.training import heap
+
+    if not heap.trim_heap():
+        warnings.warn("--trim-heap: this C library has no glibc mallopt; memory is managed as "
+                      "usual", stacklevel=3)
+
+
+def loss_function(recover: bool, float_base: str, dtype: torch.dtype) -> LossFn:
+    """Recovery's KL to the float model (loaded here, frozen), else cross-entropy on labels."""
+    from lowbit.training import loop
+
+    if not recover:
+        return loop.lm_loss_fn()
+    import lowbit
+
+    return loop.kl_loss_fn(lowbit.load_model(float_base, dtype=dtype)[0].eval())
+
+
 def enable_checkpointing(model: nn.Module, source: str) -> None:
     """transformers' gradient checkpointing (non-reentrant: the frozen embeddings need no
     gradient for it to reach the adapters); a ValueError naming ``source`` where the model
@@ -157,14 +188,12 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
              **train: Any) -> FinetuneResult:
     """Train LoRA adapters (peft) on ``source`` (a model or lowbit checkpoint; quantized with
     ``scheme`` first when given) and write ``out``. ``dequant``: where a quantized layer's
-    backward gets its weight (:mod:`lowbit.nn_grad`); ``gradient_checkpointing``: keep only each
-    block's input and recompute the rest in the backward pass (less memory, about a third
-    slower); ``trim_heap``: give freed memory back to the system at once
-    (:mod:`lowbit.training.heap`; less memory, slower, for the rest of the process);
-    ``train``: :class:`TrainSettings` fields."""
+    backward gets its weight (:mod:`lowbit.nn_grad`); ``gradient_checkpointing``: recompute
+    each block's activations in the backward pass (less memory, slower); ``trim_heap``: freed
+    memory back to the system at once (:mod:`lowbit.training.heap`; less memory, slower, for
+    the rest of the process); ``train``: :class:`TrainSettings` fields."""
     from lowbit import nn_grad
-    from lowbit.eval.memory import peak_memory
-    from lowbit.training import heap, loop, output
+    from lowbit.training import loop, output
     from lowbit.training.lora import attach_lora, trainable_parameters
 
     settings = TrainSettings(**train)
@@ -177,28 +206,21 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
               "length": length, "held_out": held_out, "max_examples": max_examples,
               "gradient_checkpointing": gradient_checkpointing, "trim_heap": trim_heap,
               "settings": asdict(settings), "status": "running"}
-    if resume and output.read_record(out).get("settings") != record["settings"]:
-        raise ValueError(f"{out}: an interrupted run with other settings; use --force or "
-                         "another -o")
-    if trim_heap and not heap.trim_heap():
-        warnings.warn("--trim-heap: this C library has no glibc mallopt; memory is managed as "
-                      "usual", stacklevel=2)
+    if resume:
+        check_resume(out, record["settings"])
+    if trim_heap:
+        trim_heap_or_warn()
     model, tok = _base_model(source, out, scheme, resume, dtype, progress)
     nn_grad.set_grad_dequant(model, dequant)
     if not resume:
         output.write_record(out, record)
     examples = build_examples(tok, files, length, held_out=held_out, seed=settings.seed,
                               max_examples=max_examples)
-    teacher = None
-    if recover:
-        import lowbit
-
-        teacher = lowbit.load_model(record["float_base"], dtype=dtype)[0].eval()
+    loss_fn = loss_function(recover, record["float_base"], dtype)
     torch.manual_seed(settings.seed)
     peft_model = attach_lora(model, r=lora_r, alpha=lora_alpha)
     if gradient_checkpointing:
         enable_checkpointing(peft_model, source)
-    loss_fn = loop.kl_loss_fn(teacher) if teacher is not None else loop.lm_loss_fn()
     t0 = time.perf_counter()
     nn_grad.METER.reset()
     log, mem = peak_memory(loop.train, peft_model, examples, loss_fn, settings, out,
@@ -212,8 +234,6 @@ def finetune(source: str, data: str | os.PathLike | list[str] | None = None,
                   **memory_record(peft_model, dequant))
     output.write_record(out, record)
     if merge:  # on a copy: the returned model keeps its adapters
-        import copy
-
         from lowbit.training.merge import save_merged
 
         save_merged(copy.deepcopy(peft_model), tok, out / output.MERGED_DIR)
