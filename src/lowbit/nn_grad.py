@@ -79,9 +79,8 @@ def _held_weight(layer: QuantLinear, dtype: torch.dtype) -> tuple[torch.Tensor, 
 
 class FrozenQuantLinearFn(torch.autograd.Function):
     """``recompute`` and ``all``: ``y = kernel(x)`` forward (in ``recompute`` a layout the kernel
-    builds is not kept);
-    backward ``dx = dy @ W`` by the kernel's own ``grad_input`` where it has one, else with
-    ``W`` dequantized for the pass."""
+    builds is not kept); backward ``dx = dy @ W`` from the ``all`` cache, else by the kernel's
+    own ``grad_input`` where it has one, else with ``W`` dequantized for the pass."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # type: ignore[override]

@@ -12,8 +12,11 @@ of 16 fp32 values with AVX2 permutes, and accumulates in fp32:
   while it is in cache.
 
 Output rows are split between ``torch.get_num_threads()`` Python threads (the C calls release
-the GIL). The library is compiled on first use (``kernels/native.py``); without a C compiler
-the kernel is not registered and these schemes keep the reference path.
+the GIL). The layout is built by C too (``lut4_repack``), cheaply enough for QLoRA's
+``recompute`` training to build it per call and keep none; its backward pass (``grad_input``)
+multiplies by 1 MB tiles of dequantized rows, never the whole float weight. The library is
+compiled on first use (``kernels/native.py``); without a C compiler the kernel is not
+registered and these schemes keep the reference path.
 """
 
 from __future__ import annotations

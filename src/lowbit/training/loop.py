@@ -176,8 +176,7 @@ def takes_logits_to_keep(model: nn.Module) -> bool:
 def lm_loss_fn() -> LossFn:
     """Cross-entropy on the batch's labels, the output head run only at the scored positions
     where the model allows it: a question's answer is a few tokens, and the logits of the rest
-    (batch x length x vocabulary floats, several copies through the loss) are most of a small
-    model's training memory."""
+    (batch x length x vocabulary floats, in several copies through the loss) are never made."""
     from lowbit.training.losses import causal_lm_loss, causal_lm_loss_at, scored_positions
 
     def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
