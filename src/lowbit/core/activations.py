@@ -200,6 +200,28 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return (x.reshape(-1, x.shape[-1]).abs() >= threshold).any(dim=0)
 
 
+def split_outliers(x2: torch.Tensor, act: ActScheme) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For the 8-bit kernels: ``x2`` (tokens, features) with LLM.int8's outlier features zeroed,
+    and those features (bool); ``x2`` itself and None when the scheme has no threshold or no
+    feature reaches it."""
+    if act.threshold is None:
+        return x2, None
+    cols = outlier_columns(x2, act.threshold)
+    if not bool(cols.any()):
+        return x2, None
+    return x2.masked_fill(cols, 0), cols
+
+
+def add_outlier_product(y: torch.Tensor, x2: torch.Tensor, cols: torch.Tensor | None,
+                        codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``y`` plus the outlier features of ``x2`` times the int8 weight's columns (``codes``
+    (out, in) times the per-channel ``scale``) in float32: LLM.int8's float part."""
+    if cols is None:
+        return y
+    w_cols = codes[:, cols].to(torch.float32) * scale[:, None]
+    return y + x2[:, cols].to(torch.float32) @ w_cols.t()
+
+
 def llm_int8_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                     act: ActScheme) -> torch.Tensor:
     """LLM.int8's decomposition with the dequantized weight ``w``: outlier features in float,

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lowbit.core.activations import INT8_QMAX, outlier_columns
+from lowbit.core.activations import INT8_QMAX, add_outlier_product, split_outliers
 from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
 from lowbit.kernels import cpu_w8a8_c
@@ -83,8 +83,7 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
     """``x @ W^T + b`` with int8 activations (see the module docstring)."""
     act = qweight.scheme.activations
     x2 = activations(x, layout, x.shape[-1], torch.float32)
-    cols = outlier_columns(x2, act.threshold) if act.threshold is not None else None
-    inliers = x2.masked_fill(cols, 0) if cols is not None and bool(cols.any()) else x2
+    inliers, cols = split_outliers(x2, act)
     if _use_c(layout, x2.shape[0]):
         static = float(qweight.input_scale) if act.static else None
         y = cpu_w8a8_c.linear(inliers, layout, static, bias)
@@ -96,9 +95,7 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
         y = _int8_product(inliers, layout, x_scale)
         if bias is not None:
             y = y + bias.to(torch.float32)
-    if inliers is not x2:
-        w_cols = layout["codes"][:, cols].to(torch.float32) * layout["scale"][:, None]
-        y = y + x2[:, cols] @ w_cols.t()
+    y = add_outlier_product(y, x2, cols, layout["codes"], layout["scale"])
     return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 

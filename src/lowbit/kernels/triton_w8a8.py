@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lowbit.core.activations import FP8_MAX, INT8_QMAX, outlier_columns
+from lowbit.core.activations import FP8_MAX, INT8_QMAX, add_outlier_product, split_outliers
 from lowbit.core.packing import unpack
 from lowbit.core.qtensor import QTensor
 from lowbit.kernels import registry
@@ -102,14 +102,11 @@ def linear(x: torch.Tensor, qweight: QTensor, bias: torch.Tensor | None,
     x2 = x2.contiguous()
     if x2.shape[0] == 0:
         return x.new_zeros((*x.shape[:-1], out_f))
-    cols = outlier_columns(x2, act.threshold) if act.threshold is not None else None
-    inliers = x2.masked_fill(cols, 0) if cols is not None and bool(cols.any()) else x2
+    inliers, cols = split_outliers(x2, act)
     fp8 = act.format != "int8"
     q, xs = quantize(inliers, fp8, qweight.input_scale if act.static else None)
     y = matmul(q, xs, layout, bias, fp8)
-    if inliers is not x2:
-        w_cols = layout["codes"][:, cols].to(torch.float32) * layout["scale"][:, None]
-        y = y + x2[:, cols].to(torch.float32) @ w_cols.t()
+    y = add_outlier_product(y, x2, cols, layout["codes"], layout["scale"])
     return y.to(x.dtype).view(*x.shape[:-1], out_f)
 
 
