@@ -55,9 +55,7 @@ def load_library(extra_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None,
     return lib, why
 
 
-_lib, WHY = (None, "switched off by LOWBIT_CPU_LUT=0") \
-    if native.switched_off("LOWBIT_CPU_LUT") \
-    else load_library()
+_lib, WHY = native.load_unless_off("LOWBIT_CPU_LUT", load_library)
 _POOL = RowPool()
 
 

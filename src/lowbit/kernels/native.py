@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from lowbit.storage.cache import cache_root
@@ -27,6 +28,15 @@ FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
 def switched_off(env: str) -> bool:
     """Whether environment variable ``env`` turns a native kernel off (0, off, no, false)."""
     return os.environ.get(env, "1").strip().lower() in ("0", "off", "no", "false")
+
+
+def load_unless_off(env: str, load_library: Callable[[], tuple[ctypes.CDLL | None, str]]
+                    ) -> tuple[ctypes.CDLL | None, str]:
+    """``load_library()`` (a kernel's loader: its library and why not), unless ``env`` switches
+    the kernel off: then no library, and the switch as the reason."""
+    if switched_off(env):
+        return None, f"switched off by {env}=0"
+    return load_library()
 
 
 def _cpu_flags() -> str:
