@@ -1,9 +1,10 @@
 """Where a QLoRA step's resident memory goes: live allocations against freed memory glibc keeps.
 
 Loads a checkpoint, attaches LoRA and trains a few steps in this process (``--dequant
-recompute``), reading after each step the process's RSS and peak RSS (``VmHWM``, reset before
-the step) and glibc's ``mallinfo2`` counters: bytes in live allocations (heap and mmapped,
-sampled every 2 ms for their peak during the step) and free bytes malloc keeps in its heap.
+recompute``), reading after each step the process's RSS and the step's peak RSS
+(``lowbit.eval.memory.peak_memory``) and glibc's ``mallinfo2`` counters: bytes in live
+allocations (heap and mmapped, sampled every 2 ms for their peak during the step) and free
+bytes malloc keeps in its heap.
 Linux with glibc only. Writes ``benchmarks/results/qlora_heap.md``; run under
 ``flock /work/notes/timing.lock``.
 
@@ -30,13 +31,6 @@ class MallInfo2(ctypes.Structure):
 
 _LIBC = ctypes.CDLL("libc.so.6")
 _LIBC.mallinfo2.restype = MallInfo2
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def _live_and_free_mb() -> tuple[float, float]:
@@ -78,6 +72,7 @@ def main() -> None:
 
     import lowbit
     from lowbit.data import load_questions
+    from lowbit.eval.memory import peak_memory, rss_bytes
     from lowbit.training import loop
     from lowbit.training.api import enable_checkpointing
     from lowbit.training.examples import collate, question_examples, split_questions
@@ -96,21 +91,24 @@ def main() -> None:
     loss_fn, sampler = loop.lm_loss_fn(), LivePeak()
     peft.train()
     rows = []
-    for step, idx in enumerate(order):
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here
-        sampler.take()
+    def step(idx: list[int]) -> None:
         loss = loss_fn(peft, collate([examples[i] for i in idx], int(tok.pad_token_id or 0)))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    for n, idx in enumerate(order, 1):
+        sampler.take()
+        _, mem = peak_memory(step, idx)
         live, free = _live_and_free_mb()
-        rows.append((step + 1, _status_mb("VmHWM"), sampler.take(), _status_mb("VmRSS"), live,
+        rows.append((n, mem.peak_rss_bytes / 2**20, sampler.take(), rss_bytes() / 2**20, live,
                      free))
     gc = " with gradient checkpointing" if args.gradient_checkpointing else ""
     lines = [f"# Where a QLoRA step's memory goes ({args.model}, nf4-g64-dq, CPU)", "",
              f"One process: LoRA r=16 on the nf4 checkpoint, {args.steps} steps of {args.batch} "
              f"examples of {args.questions} (length ≤ {args.length}), bf16, `--dequant "
-             f"recompute`{gc}. Peak RSS: the step's (VmHWM reset before it); live: bytes in "
+             f"recompute`{gc}. Peak RSS: the step's (`lowbit.eval.memory.peak_memory`: "
+             "VmHWM reset before it); live: bytes in "
              "live malloc allocations (glibc's `mallinfo2`, heap and mmapped; its peak sampled "
              "every 2 ms); free in heap: freed bytes malloc keeps, which stay resident. RSS "
              "also holds the interpreter, libraries and the checkpoint's memory-mapped "

@@ -71,7 +71,8 @@ def _reset_hwm() -> bool:
     return hwm is not None and rss is not None and hwm <= rss + 1024  # within 1 MiB
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """The process's resident memory now, in bytes."""
     kib = _status_kib("VmRSS")
     if kib is not None:
         return kib * 1024
@@ -92,7 +93,7 @@ def peak_memory(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, Mem
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_bytes()
+    before = rss_bytes()
     exact = _reset_hwm()
     proc, peak_box, stop = psutil.Process(), [before], threading.Event()
 
@@ -107,7 +108,7 @@ def peak_memory(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, Mem
     finally:
         stop.set()
         thread.join()
-    peak = max(peak_box[0], _rss_bytes())
+    peak = max(peak_box[0], rss_bytes())
     if exact:
         peak = max(peak, (_status_kib("VmHWM") or 0) * 1024)
     cuda_peak = int(torch.cuda.max_memory_allocated()) if cuda else None
