@@ -3,7 +3,7 @@
 Training allocates and frees thousands of activation, layout and tile tensors per step. glibc's
 malloc serves those of up to 32 MB from its heap (its mmap threshold rises to the largest
 block freed), and a freed hole in the middle of the heap stays resident: on a 1B model in
-nf4 about 0.5 GB of the process's peak RSS was such holes, beside 0.6 GB of live tensors.
+nf4 such holes were about a fifth of a QLoRA step's peak RSS (``benchmarks/qlora_heap.py``).
 Fixing the mmap threshold at glibc's default (128 KiB) and trimming the heap's top on every
 free makes each freed tensor go back to the system; the price is page faults on every new
 large tensor, so steps are slower. Other C libraries have no ``mallopt``: nothing changes.
