@@ -36,8 +36,8 @@ class LoraQuantLinear(_PeftLoraLinear):
     def _get_base_layer_device_and_dtype(self, base_layer: nn.Module
                                          ) -> tuple[torch.device | None, torch.dtype | None]:
         """The packed weight's device and no dtype (the adapters keep theirs): peft's default
-        reads ``base_layer.weight``, which for a QuantLinear dequantizes the whole layer, and
-        on a 1B model left about 0.6 GB of freed float weights in the process's heap."""
+        reads ``base_layer.weight``, which for a QuantLinear dequantizes the whole layer (and
+        the freed float weights can stay resident in the process's heap)."""
         if isinstance(base_layer, QuantLinear):
             return base_layer.codes.device, None
         return super()._get_base_layer_device_and_dtype(base_layer)
